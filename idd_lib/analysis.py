@@ -1,0 +1,119 @@
+"""Analysis of trained networks: dataset-level inter-class distances, pixel samples for t-SNE.
+
+Distance matrices are accumulated over a whole split (class feature sums and pixel counts,
+then centres), not taken from one batch, so they describe each network's feature space rather
+than a sample of it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .losses import class_weights, pairwise_distances
+
+
+def _loader(dataset, max_images: int | None, batch_size: int = 16) -> DataLoader:
+    if max_images is not None and max_images < len(dataset):
+        dataset = Subset(dataset, range(max_images))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+@torch.no_grad()
+def class_feature_sums(model: nn.Module, dataset, num_classes: int, max_images: int | None = None,
+                       label_sampling: str = "nearest", device: str | torch.device = "cpu"):
+    """Per-class sums of head features and pixel masses over a split -> (K x C sums, K masses)."""
+    model.eval().to(device)
+    sums, mass = None, torch.zeros(num_classes, dtype=torch.float64)
+    for images, labels in _loader(dataset, max_images):
+        feat = model(images.to(device))["feat"].float()
+        weights = class_weights(labels.to(device), num_classes, feat.shape[-2:], label_sampling)
+        batch_sums = torch.einsum("bkp,bcp->kc", weights.flatten(2), feat.flatten(2)).double().cpu()
+        sums = batch_sums if sums is None else sums + batch_sums
+        mass += weights.sum((0, 2, 3)).double().cpu()
+    return sums, mass
+
+
+def distance_matrix(sums: torch.Tensor, mass: torch.Tensor, metric: str = "euclidean",
+                    normalize: bool = True) -> np.ndarray:
+    """Centre distances ``K x K`` from accumulated sums; absent classes are NaN. ``normalize``
+    divides by the mean over off-diagonal present pairs (the IDD loss's ``mean`` option)."""
+    present = mass > 0
+    centres = sums / mass.clamp_min(1e-12)[:, None]
+    d = pairwise_distances(centres[None].float(), metric)[0].double()
+    off_diagonal = present[:, None] & present[None, :] & ~torch.eye(len(mass), dtype=torch.bool)
+    if normalize and off_diagonal.any():
+        d = d / d[off_diagonal].mean()
+    d[~(present[:, None] & present[None, :])] = float("nan")
+    return d.numpy()
+
+
+def dataset_distance_matrices(models: Mapping[str, nn.Module], dataset, num_classes: int,
+                              max_images: int | None = None, metric: str = "euclidean",
+                              normalize: bool = True) -> dict[str, np.ndarray]:
+    return {name: distance_matrix(*class_feature_sums(model, dataset, num_classes, max_images), metric, normalize)
+            for name, model in models.items()}
+
+
+def matrix_agreement(student: np.ndarray, teacher: np.ndarray) -> dict[str, float]:
+    """Agreement of two distance matrices on their upper triangle (pairs present in both):
+    Pearson, Spearman, and Frobenius distance relative to the teacher's norm."""
+    iu = np.triu_indices_from(teacher, k=1)
+    s, t = student[iu], teacher[iu]
+    ok = np.isfinite(s) & np.isfinite(t)
+    s, t = s[ok], t[ok]
+    return {"pearson": float(stats.pearsonr(s, t)[0]), "spearman": float(stats.spearmanr(s, t)[0]),
+            "frobenius_rel": float(np.linalg.norm(s - t) / np.linalg.norm(t))}
+
+
+def sample_pixels(labels: torch.Tensor, per_class: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Class-balanced flat pixel indices into ``labels`` (N x h x w): ``per_class`` per present class.
+    Classes with fewer pixels are sampled with replacement (peers' code crashed there)."""
+    g = torch.Generator().manual_seed(seed)
+    flat = labels.flatten()
+    counts = torch.bincount(flat[flat < num_classes], minlength=num_classes)
+    present = (counts > 0).nonzero().squeeze(1)
+    # rank pixels of each class in a random order, then draw uniform ranks per class (vectorised)
+    order = torch.randperm(len(flat), generator=g)
+    shuffled = flat[order]
+    keep = shuffled < num_classes
+    order, shuffled = order[keep], shuffled[keep]
+    by_class = torch.argsort(shuffled, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    ranks = (torch.rand(len(present), per_class, generator=g) * counts[present, None]).long()
+    picks = order[by_class[(starts[present, None] + ranks).flatten()]]
+    return picks
+
+
+@torch.no_grad()
+def pixel_features(models: Mapping[str, nn.Module], dataset, num_classes: int, per_class: int,
+                   max_images: int | None = None, seed: int = 0, device="cpu"):
+    """Features of the same class-balanced pixels for every model: ({name: N x C}, labels N).
+    Labels are nearest-sampled to the feature size of the first model."""
+    feats: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    all_labels = []
+    for images, labels in _loader(dataset, max_images):
+        size = None
+        for name, model in models.items():
+            f = model.eval().to(device)(images.to(device))["feat"].float().cpu()
+            size = size or f.shape[-2:]
+            if f.shape[-2:] != size:
+                f = torch.nn.functional.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            feats[name].append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+        all_labels.append(torch.nn.functional.interpolate(labels[:, None].float(), size=size,
+                                                          mode="nearest")[:, 0].long())
+    labels = torch.cat(all_labels)
+    picks = sample_pixels(labels, per_class, num_classes, seed)
+    return {name: torch.cat(f)[picks].numpy() for name, f in feats.items()}, labels.flatten()[picks].numpy()
+
+
+def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE (scikit-learn, PCA init) of standardised features."""
+    from sklearn.manifold import TSNE
+    x = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    perplexity = float(min(30.0, (len(x) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)

@@ -1,0 +1,172 @@
+"""Datasets read through torchvision's Cityscapes loader, with joint v2 augmentation.
+
+The embedded synthetic benchmark is written in the Cityscapes layout and read back through the
+same :class:`torchvision.datasets.Cityscapes` path as real Cityscapes; only the labelId ->
+trainId table differs (:class:`DatasetSpec`).
+
+Augmentation is a pure function of ``(seed, epoch, index)``: the sampler hands the dataset
+``(index, epoch)`` keys, and each sample seeds its own RNG. Runs are therefore reproducible
+whatever the number of workers, and a resumed run sees the same batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets, tv_tensors
+from torchvision.transforms import v2
+
+from ..config import DataConfig
+from ..paths import cache_root
+from .synthetic import SYNTH_CLASSES, ensure_generated
+
+IGNORE_INDEX = 255
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    id_to_train_id: tuple[int, ...]   # 256-entry lookup table from stored label value to class index
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def lookup(self) -> np.ndarray:
+        return np.asarray(self.id_to_train_id, dtype=np.uint8)
+
+
+def _lookup(pairs: dict[int, int]) -> tuple[int, ...]:
+    table = [IGNORE_INDEX] * 256
+    for label_id, train_id in pairs.items():
+        table[label_id] = train_id
+    return tuple(table)
+
+
+def synthetic_spec() -> DatasetSpec:
+    return DatasetSpec("synthetic", tuple(c[0] for c in SYNTH_CLASSES), tuple(c[2] for c in SYNTH_CLASSES),
+                       _lookup({c[1]: k for k, c in enumerate(SYNTH_CLASSES)}))
+
+
+def cityscapes_spec() -> DatasetSpec:
+    train = sorted((c for c in datasets.Cityscapes.classes if not c.ignore_in_eval), key=lambda c: c.train_id)
+    return DatasetSpec("cityscapes", tuple(c.name for c in train), tuple(c.color for c in train),
+                       _lookup({c.id: c.train_id for c in train}))
+
+
+def dataset_spec(cfg: DataConfig) -> DatasetSpec:
+    specs = {"synthetic": synthetic_spec, "cityscapes": cityscapes_spec}
+    if cfg.dataset not in specs:
+        raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; expected one of {sorted(specs)}")
+    return specs[cfg.dataset]()
+
+
+def dataset_root(cfg: DataConfig) -> Path:
+    """The folder to read; for the synthetic set, generated on first use (cached by its config)."""
+    if cfg.dataset == "synthetic" and not cfg.root:
+        from ..config import config_digest
+        return ensure_generated(cache_root() / "data" / f"synthetic-{config_digest(cfg.synthetic)}", cfg.synthetic)
+    if not cfg.root:
+        raise ValueError(f"data.root: the {cfg.dataset} dataset needs a folder; set data.root=/path/to/{cfg.dataset}")
+    return Path(cfg.root)
+
+
+def train_transform(cfg: DataConfig, base_short_side: int, crop_size: tuple[int, int]) -> v2.Transform:
+    lo, hi = cfg.scale_range
+    steps: list[v2.Transform] = [
+        v2.RandomResize(int(base_short_side * lo), int(base_short_side * hi) + 1),
+        v2.RandomCrop(crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+    ]
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def eval_transform() -> v2.Transform:
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class SegmentationDataset(Dataset):
+    """torchvision Cityscapes (fine, semantic labelIds) -> (normalised image, trainId mask).
+
+    Keys are ``index`` or ``(index, epoch)``; the augmentation RNG is seeded from
+    ``(seed, epoch, index)``.
+    """
+
+    def __init__(self, root: Path, split: str, spec: DatasetSpec, transform: v2.Transform, seed: int = 0):
+        self.root, self.split, self.spec, self.transform, self.seed = Path(root), split, spec, transform, seed
+        self.base = datasets.Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
+        # os.listdir order is arbitrary; index -> file must be stable for seeded augmentation and resume
+        pairs = sorted(zip(self.base.images, self.base.targets))
+        self.base.images, self.base.targets = [p[0] for p in pairs], [p[1] for p in pairs]
+        self._lookup = torch.from_numpy(spec.lookup().astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        image, target = self.base[index]
+        image = tv_tensors.Image(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
+        mask = tv_tensors.Mask(self._lookup[torch.from_numpy(np.array(target, dtype=np.uint8)).long()])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + index)
+            image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool, seed: int = 0) -> SegmentationDataset:
+    root = dataset_root(cfg)
+    spec = dataset_spec(cfg)
+    if cfg.dataset == "synthetic":
+        size = (cfg.synthetic.height, cfg.synthetic.width)
+        crop, short = cfg.crop_size or size, min(size)
+    else:
+        if train and cfg.crop_size is None:
+            raise ValueError("data.crop_size: real datasets need a training crop, e.g. data.crop_size=512 1024")
+        crop, short = cfg.crop_size or (0, 0), 1024
+    transform = train_transform(cfg, short, tuple(crop)) if train else eval_transform()
+    return SegmentationDataset(root, split, spec, transform, seed)
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches for steps ``start..total-1``: a fresh seeded permutation per epoch, last partial batch
+    dropped. Yields ``(index, epoch)`` keys, so resuming at step s reproduces the same batches."""
+
+    def __init__(self, num_samples: int, batch_size: int, total_steps: int, seed: int, start_step: int = 0):
+        if num_samples < batch_size:
+            raise ValueError(f"data.batch_size: {batch_size} is larger than the training set ({num_samples} images)")
+        self.n, self.batch, self.total, self.seed, self.start = num_samples, batch_size, total_steps, seed, start_step
+        self.steps_per_epoch = num_samples // batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm, perm_epoch = None, -1
+        for step in range(self.start, self.total):
+            epoch, offset = divmod(step, self.steps_per_epoch)
+            if epoch != perm_epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+                perm_epoch = epoch
+            yield [(int(i), epoch) for i in perm[offset * self.batch:(offset + 1) * self.batch]]
+
+
+def train_loader(dataset: SegmentationDataset, cfg: DataConfig, total_steps: int, seed: int, start_step: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, total_steps, seed, start_step)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None)
+
+
+def eval_loader(dataset: SegmentationDataset, cfg: DataConfig, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
+                      pin_memory=pin_memory)

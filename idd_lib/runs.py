@@ -1,0 +1,94 @@
+"""Runs of a profile: the cached teacher and one student run per (method, seed, overrides).
+
+Run folders are named by the digest of their resolved config, so a changed option never reuses
+or overwrites an earlier result, and a repeated call with the same config returns the finished
+result at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import LossConfig, Profile, RunConfig, apply_overrides, get_profile
+from .engine import RESULT, load_model, train
+from .losses import get_method, method_weights
+from .models import Segmentor
+from .paths import cache_root, profile_dir
+
+
+def teacher_dir(profile: Profile) -> Path:
+    return cache_root() / "teachers" / f"teacher-{profile.teacher_config().digest()}"
+
+
+def ensure_teacher(profile: Profile | str, progress: bool = True) -> tuple[Segmentor, dict[str, Any]]:
+    """Train the profile's teacher once (cached by its config digest) and return it with its result."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    cfg = profile.teacher_config()
+    folder = teacher_dir(profile)
+    result = train(cfg, folder, progress=progress, extra={"role": "teacher", "profile": profile.name})
+    return load_model(folder, cfg), result
+
+
+def student_config(profile: Profile, method: str, seed: int, weights: dict[str, float] | None = None,
+                   options: dict[str, str] | None = None) -> RunConfig:
+    get_method(method)
+    cfg = profile.run_config(method, seed)
+    cfg = dataclasses.replace(cfg, loss=LossConfig(method=method, weights=tuple(sorted((weights or {}).items()))))
+    cfg = apply_overrides(cfg, options or {})
+    method_weights(cfg.loss)  # validates weight names and values before any work
+    return cfg
+
+
+def override_tag(weights: dict[str, float] | None, options: dict[str, str] | None) -> str:
+    """A readable label for a run with non-default weights/options (``idd=10,idd.metric=cosine``)."""
+    parts = [f"{k}={v:g}" for k, v in sorted((weights or {}).items())]
+    parts += [f"{k.removeprefix('loss.')}={v}" for k, v in sorted((options or {}).items())]
+    return ",".join(parts)
+
+
+def run_dir(profile: Profile, cfg: RunConfig, tag: str = "") -> Path:
+    label = f"{cfg.loss.method}{'-' + tag if tag else ''}-s{cfg.train.seed}-{cfg.digest()[:8]}"
+    return profile_dir(profile.name) / "runs" / label
+
+
+def run_student(profile: Profile | str, method: str, seed: int = 0, weights: dict[str, float] | None = None,
+                options: dict[str, str] | None = None, tag: str = "", progress: bool = True) -> dict[str, Any]:
+    """Train one student of ``profile`` with ``method`` (teacher trained first if not cached)."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    cfg = student_config(profile, method, seed, weights, options)
+    tag = tag or override_tag(weights, options)
+    folder = run_dir(profile, cfg, tag)
+    if (folder / RESULT).exists():
+        return json.loads((folder / RESULT).read_text())
+    teacher = None
+    if any(term != "ce" for term in method_weights(cfg.loss)):
+        teacher, _ = ensure_teacher(profile, progress)
+    extra = {"profile": profile.name, "tag": tag, "weights_override": weights or {}, "options": options or {}}
+    return train(cfg, folder, teacher, progress=progress, extra=extra)
+
+
+def collect_results(profile: Profile | str) -> list[dict[str, Any]]:
+    """Every finished student run of a profile, read from its run folders."""
+    name = profile if isinstance(profile, str) else profile.name
+    return [json.loads(p.read_text()) for p in sorted((profile_dir(name) / "runs").glob(f"*/{RESULT}"))]
+
+
+def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
+    """The JSON lines a run logged (training rows and validation rows)."""
+    path = Path(folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def load_students(profile: Profile | str, methods: list[str], seed: int) -> dict[str, Segmentor]:
+    """Trained students of the default-weight runs of ``methods`` for one seed."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    models = {}
+    for method in methods:
+        cfg = student_config(profile, method, seed)
+        folder = run_dir(profile, cfg)
+        if not (folder / RESULT).exists():
+            raise FileNotFoundError(f"{folder}: no finished {method} run for seed {seed}; run 03_ablation first")
+        models[method] = load_model(folder, cfg)
+    return models

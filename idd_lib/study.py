@@ -1,0 +1,123 @@
+"""Run the study headless: the notebooks in order through papermill, for one profile.
+
+``python -m idd_lib.study --profile default`` writes ``results/<profile>/`` (executed notebooks,
+runs, figures, tables, REPORT.md). A notebook whose executed copy is complete for the same
+parameters is skipped; a failed one is kept as ``<name>.failed.ipynb`` and the error names the
+notebook and cell.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Profile, get_profile, parse_assignments, parse_weights
+from .paths import profile_dir, project_root
+from .runs import override_tag, run_dir, student_config
+
+STUDY_NOTEBOOKS = ("00_synthetic_data", "01_teacher", "03_ablation", "04_interclass_distance", "05_tsne",
+                   "06_report")
+
+
+class StudyError(RuntimeError):
+    pass
+
+
+def notebook_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def is_complete(output: Path, parameters: dict[str, Any]) -> bool:
+    """An executed notebook that ran every cell without an exception for these parameters."""
+    if not output.is_file():
+        return False
+    try:
+        meta = json.loads(output.read_text()).get("metadata", {}).get("papermill", {})
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("parameters") == parameters and not meta.get("exception") and meta.get("end_time") is not None
+
+
+def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = False) -> bool:
+    """Execute ``notebooks/<name>.ipynb`` into ``output``; returns False when skipped as complete."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    if not force and is_complete(output, parameters):
+        return False
+    output.parent.mkdir(parents=True, exist_ok=True)
+    running = output.with_name(output.stem + ".running.ipynb")
+    try:
+        papermill.execute_notebook(str(notebook_dir() / f"{name}.ipynb"), str(running), parameters=parameters,
+                                   kernel_name="python3", cwd=str(project_root()), progress_bar=False)
+    except PapermillExecutionError as err:
+        failed = output.with_name(output.stem + ".failed.ipynb")
+        os.replace(running, failed)
+        raise StudyError(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
+                         f"(executed copy: {failed})") from None
+    os.replace(running, output)
+    return True
+
+
+def ablation_grid(profile: Profile, methods: str = "", seeds: str = "", variants: str = "") -> list[dict[str, Any]]:
+    """The runs of 03_ablation: methods x seeds, plus variants ``"method|weights|options"`` joined by ';'."""
+    method_list = [m.strip() for m in methods.split(",") if m.strip()] or list(profile.methods)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] or list(profile.seeds)
+    except ValueError:
+        raise ValueError(f"seeds: expected comma-separated integers, got {seeds!r}") from None
+    grid = [{"method": m, "seed": s, "weights": "", "options": "", "tag": ""} for m in method_list for s in seed_list]
+    for variant in filter(None, (v.strip() for v in variants.split(";"))):
+        parts = [p.strip() for p in variant.split("|")]
+        if len(parts) != 3:
+            raise ValueError(f"variants: expected 'method|weights|options', got {variant!r}")
+        method, weights, options = parts
+        tag = override_tag(parse_weights(weights), parse_assignments(options, "options"))
+        grid += [{"method": method, "seed": s, "weights": weights, "options": options, "tag": tag} for s in seed_list]
+    for run in grid:  # validate every run before the first one trains
+        student_config(profile, run["method"], run["seed"], parse_weights(run["weights"]),
+                       parse_assignments(run["options"], "options"))
+    return grid
+
+
+def run_distill_notebook(profile: Profile, run: dict[str, Any], progress: bool = False) -> Path:
+    """Execute 02_distill for one grid entry into its run folder; returns the executed notebook."""
+    cfg = student_config(profile, run["method"], run["seed"], parse_weights(run["weights"]),
+                         parse_assignments(run["options"], "options"))
+    output = run_dir(profile, cfg, run["tag"]) / "02_distill.ipynb"
+    execute("02_distill", output, {"profile": profile.name, **run, "progress": progress})
+    return output
+
+
+def run_study(profile_name: str, force: bool = False, only: tuple[str, ...] = ()) -> Path:
+    profile = get_profile(profile_name)
+    out = profile_dir(profile.name)
+    started = time.time()
+    for name in only or STUDY_NOTEBOOKS:
+        t0 = time.time()
+        ran = execute(name, out / "notebooks" / f"{name}.ipynb", {"profile": profile.name}, force)
+        print(f"[study] {name}: {'done' if ran else 'complete, skipped'} in {time.time() - t0:.0f} s", flush=True)
+    print(f"[study] profile {profile.name}: {time.time() - started:.0f} s; report: {out / 'REPORT.md'}", flush=True)
+    return out / "REPORT.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m idd_lib.study", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="default", help="profile to run (see idd_lib.config.PROFILES)")
+    parser.add_argument("--force", action="store_true", help="re-execute notebooks even if complete")
+    parser.add_argument("--only", nargs="*", default=(), help="run only these notebooks")
+    args = parser.parse_args(argv)
+    try:
+        run_study(args.profile, args.force, tuple(args.only))
+    except (StudyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+import dataclasses
+
+import pytest
+
+from idd_lib.config import DataConfig, ModelConfig, Profile, TrainConfig
+from idd_lib.data.synthetic import SyntheticConfig
+
+
+@pytest.fixture(autouse=True)
+def isolated_results(tmp_path_factory, monkeypatch):
+    """Every test writes under its own results folder, never the user's results/."""
+    monkeypatch.setenv("IDD_RESULTS", str(tmp_path_factory.mktemp("results")))
+
+
+@pytest.fixture(scope="session")
+def shared_results(tmp_path_factory):
+    """A results folder shared by a module's tests (e.g. one study run checked many ways)."""
+    return tmp_path_factory.mktemp("shared_results")
+
+
+@pytest.fixture
+def tiny_profile() -> Profile:
+    """Seconds-sized profile for unit tests of the training loop."""
+    return Profile(
+        name="tiny", description="unit-test size",
+        data=DataConfig(synthetic=SyntheticConfig(num_train=16, num_val=4, height=32, width=64), batch_size=4),
+        teacher=ModelConfig(layers=(1, 1, 1, 1), width=0.25, head_channels=32),
+        student=ModelConfig(layers=(1, 1, 1, 1), width=0.125, head_channels=16),
+        teacher_train=TrainConfig(iterations=4, lr=0.02, log_every=2),
+        student_train=TrainConfig(iterations=4, lr=0.02, log_every=2),
+        seeds=(0,), analysis_images=4, tsne_pixels_per_class=10)
+
+
+def with_iterations(profile: Profile, iterations: int, **train) -> Profile:
+    return dataclasses.replace(profile, student_train=dataclasses.replace(profile.student_train,
+                                                                          iterations=iterations, **train))

@@ -1,0 +1,41 @@
+import pytest
+
+from idd_lib import config, notebook
+from idd_lib.config import PROFILES, apply_overrides, get_profile, parse_weights
+
+
+def test_profiles_exist_and_unknown_is_a_clear_error():
+    assert {"quick", "default"} <= set(PROFILES)
+    with pytest.raises(ValueError, match="profile: unknown profile 'defualt'"):
+        get_profile("defualt")
+
+
+def test_overrides_are_typed_and_validated():
+    cfg = get_profile("quick").run_config("idd", 0)
+    new = apply_overrides(cfg, {"loss.idd.metric": "cosine", "train.iterations": "7", "data.hflip": "false",
+                                "data.synthetic.position_prior": "0", "model.layers": "2 2 2 2"})
+    assert new.loss.idd.metric == "cosine" and new.train.iterations == 7 and new.data.hflip is False
+    assert new.data.synthetic.position_prior == 0.0 and new.model.layers == (2, 2, 2, 2)
+    assert new.digest() != cfg.digest()
+    with pytest.raises(ValueError, match="unknown option 'loss.idd.metrik'"):
+        apply_overrides(cfg, {"loss.idd.metrik": "cosine"})
+    with pytest.raises(ValueError, match="train.iterations expects a int"):
+        apply_overrides(cfg, {"train.iterations": "many"})
+
+
+@pytest.mark.parametrize("text, message", [("idd=-1", "finite number >= 0"), ("idd=nan", "finite number >= 0"),
+                                           ("idd=abc", "not a number"), ("idd", "key=value")])
+def test_bad_weights_are_clear_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_weights(text)
+
+
+def test_notebook_parameter_check_rejects_unknown_names_and_wrong_types():
+    namespace = {"__annotations__": {"seed": int, "method": str, "scale": float}, "seed": 1, "method": "idd",
+                 "scale": 2, "nb": notebook, "_i1": "x"}
+    assert notebook.parameters(dict(namespace)) == {"seed": 1, "method": "idd", "scale": 2.0}
+    with pytest.raises(notebook.ParameterError, match=r"unknown notebook parameter\(s\) \['sede'\]"):
+        notebook.parameters({**namespace, "sede": 3})
+    with pytest.raises(notebook.ParameterError, match="parameter seed: expected int, got 'one'"):
+        notebook.parameters({**namespace, "seed": "one"})
+    assert config.parse_assignments(" a=1 , b.c = x ", "options") == {"a": "1", "b.c": "x"}

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import torch
+
+from idd_lib import engine, runs
+from idd_lib.models import build_segmentor
+
+
+def test_same_seed_twice_gives_identical_metrics(tiny_profile):
+    a = runs.run_student(tiny_profile, "idd+pid", seed=0, tag="a", progress=False)
+    b = runs.run_student(tiny_profile, "idd+pid", seed=0, tag="b", progress=False)
+    assert a["run_dir"] != b["run_dir"]
+    assert a["per_class_iou"] == b["per_class_iou"] and a["miou"] == b["miou"]
+    rows_a = [r for r in runs.read_metrics(a["run_dir"]) if "loss/total" in r]
+    rows_b = [r for r in runs.read_metrics(b["run_dir"]) if "loss/total" in r]
+    assert [r["loss/total"] for r in rows_a] == [r["loss/total"] for r in rows_b]
+    c = runs.run_student(tiny_profile, "idd+pid", seed=1, progress=False)
+    assert [r["loss/total"] for r in runs.read_metrics(c["run_dir"]) if "loss/total" in r] != \
+        [r["loss/total"] for r in rows_a]
+
+
+def test_run_folder_contents_and_logged_terms(tiny_profile):
+    result = runs.run_student(tiny_profile, "idd+pid", seed=0, progress=False)
+    folder = engine.Path(result["run_dir"])
+    for name in ("config.json", "provenance.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "result.json"):
+        assert (folder / name).is_file(), name
+    train_rows = [r for r in runs.read_metrics(folder) if "loss/total" in r]
+    assert {"loss/ce", "loss/kd", "loss/idd", "loss/pid"} <= set(train_rows[-1])
+    assert [r["step"] for r in train_rows] == [2, 4]
+    assert result["weights"] == {"ce": 1.0, "kd": 1.0, "idd": 5.0, "pid": 1.0}
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert prov["versions"]["torch"] == torch.__version__.split("+")[0] or prov["versions"]["torch"]
+    assert "commit" in prov["git"] and prov["device"].startswith("cpu")
+    # the teacher was trained once and cached
+    assert (runs.teacher_dir(tiny_profile) / "model.pt").is_file()
+
+
+def test_finished_run_is_reused_not_retrained(tiny_profile):
+    first = runs.run_student(tiny_profile, "baseline", seed=0, progress=False)
+    model_file = engine.Path(first["run_dir"]) / "model.pt"
+    stamp = model_file.stat().st_mtime_ns
+    again = runs.run_student(tiny_profile, "baseline", seed=0, progress=False)
+    assert again == first and model_file.stat().st_mtime_ns == stamp
+
+
+def test_options_change_the_run_folder_and_the_config(tiny_profile):
+    plain = runs.run_student(tiny_profile, "idd", seed=0, progress=False)
+    cosine = runs.run_student(tiny_profile, "idd", seed=0, options={"loss.idd.metric": "cosine"}, progress=False)
+    assert plain["run_dir"] != cosine["run_dir"] and "idd.metric=cosine" in cosine["run_dir"]
+    saved = json.loads((engine.Path(cosine["run_dir"]) / "config.json").read_text())
+    assert saved["loss"]["idd"]["metric"] == "cosine"
+
+
+def test_evaluate_perfect_predictions_and_absent_classes():
+    class Oracle(torch.nn.Module):
+        def forward(self, x):
+            return {"out": x}
+    labels = torch.tensor([[[0, 1], [1, 255]]])
+    logits = torch.nn.functional.one_hot(labels.clamp(max=2), 4).permute(0, 3, 1, 2).float()
+    metrics = engine.evaluate(Oracle(), [(logits, labels)], 4, torch.device("cpu"))
+    assert metrics["miou"] == pytest.approx(100.0)
+    assert torch.isnan(torch.tensor(metrics["per_class_iou"][3]))  # absent everywhere: not counted as 0
+
+
+def test_teacher_checkpoint_for_other_classes_is_a_clear_error(tiny_profile, tmp_path):
+    cfg = tiny_profile.teacher_config()
+    torch.save(build_segmentor(cfg.model, 19).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model.pt: checkpoint does not match .* 9 classes"):
+        engine.load_model(tmp_path, cfg)
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        engine.load_model(tmp_path / "nowhere", cfg)

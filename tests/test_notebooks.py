@@ -1,0 +1,97 @@
+"""Smoke runs of every notebook through papermill on the quick profile (the README's `make study
+PROFILE=quick` path), and the notebook parameter contract."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from idd_lib import study
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def quick_study(shared_results, monkeypatch_module):
+    monkeypatch_module.setenv("IDD_RESULTS", str(shared_results))
+    report = study.run_study("quick")
+    return report.parent
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell():
+    assert len(NOTEBOOKS) == 7
+    for path in NOTEBOOKS:
+        book = nbformat.read(path, as_version=4)
+        code = [c for c in book.cells if c.cell_type == "code"]
+        assert not any(c.outputs or c.execution_count for c in code), path.name
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path.name
+        for line in tagged[0].source.splitlines():  # typed one-liners with a help comment
+            assert ":" in line.split("=")[0] and "  # " in line, (path.name, line)
+
+
+@pytest.mark.slow
+def test_quick_study_runs_every_notebook_and_writes_the_report(quick_study):
+    for name in study.STUDY_NOTEBOOKS:
+        executed = quick_study / "notebooks" / f"{name}.ipynb"
+        assert study.is_complete(executed, {"profile": "quick"}), name
+    distill_runs = sorted(quick_study.glob("runs/*/02_distill.ipynb"))
+    assert {p.parent.name.split("-s0-")[0] for p in distill_runs} == {"baseline", "kd", "idd", "idd+pid"}
+    for stem in ("synthetic_samples", "synthetic_knobs", "teacher_loss", "miou", "distance_heatmaps", "tsne"):
+        for suffix in (".png", ".pdf"):
+            assert (quick_study / "figures" / f"{stem}{suffix}").stat().st_size > 1000, stem + suffix
+    for table in ("methods", "per_class_iou", "distance_agreement", "runs"):
+        assert (quick_study / "tables" / f"{table}.csv").is_file() and (quick_study / "tables" / f"{table}.md").is_file()
+    report = (quick_study / "REPORT.md").read_text()
+    assert "_missing" not in report
+    for method in ("baseline", "kd", "idd", "idd+pid"):
+        assert f"| {method} " in report
+    assert "val mIoU" in report and "figures/tsne.png" in report
+
+
+@pytest.mark.slow
+def test_second_study_run_skips_complete_notebooks(quick_study, capsys):
+    study.run_study("quick", only=("01_teacher", "06_report"))
+    out = capsys.readouterr().out
+    assert "01_teacher: complete, skipped" in out and "06_report: complete, skipped" in out
+
+
+@pytest.mark.slow
+def test_papermill_cli_runs_02_and_rejects_unknown_parameters(quick_study, tmp_path, shared_results):
+    env_cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "02_distill.ipynb")]
+    import os
+    env = {**os.environ, "IDD_RESULTS": str(shared_results)}
+    ok = subprocess.run(env_cmd + [str(tmp_path / "ok.ipynb"), "-p", "method", "kd", "-p", "seed", "0",
+                                   "-p", "profile", "quick", "-p", "progress", "False"],
+                        cwd=ROOT, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    meta = json.loads((tmp_path / "ok.ipynb").read_text())["metadata"]["papermill"]
+    assert meta["parameters"]["method"] == "kd"
+    bad = subprocess.run(env_cmd + [str(tmp_path / "bad.ipynb"), "-p", "methd", "kd", "-p", "profile", "quick"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "unknown notebook parameter(s) ['methd']" in bad.stderr + bad.stdout
+
+
+def test_failed_notebook_names_the_cell_and_keeps_a_copy(tmp_path, monkeypatch):
+    with pytest.raises(study.StudyError, match=r"notebook 02_distill failed in cell \d+: ValueError: method: "
+                                               r"unknown method 'nope'"):
+        study.execute("02_distill", tmp_path / "x.ipynb", {"profile": "quick", "method": "nope", "progress": False})
+    assert (tmp_path / "x.failed.ipynb").is_file() and not (tmp_path / "x.ipynb").exists()
+
+
+def test_help_notebook_lists_typed_parameters():
+    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook",
+                          str(ROOT / "notebooks" / "02_distill.ipynb")], capture_output=True, text=True).stdout
+    assert "method: str (default \"idd\")" in out and "seed: int (default 0)" in out
