@@ -160,11 +160,11 @@ PROFILES: dict[str, Profile] = {
         student_train=TrainConfig(iterations=30, lr=0.02),
         seeds=(0,), analysis_images=16, tsne_pixels_per_class=40),
     "default": Profile(
-        name="default", description="the embedded synthetic benchmark, CPU-sized (about 15 minutes on 2 cores)",
-        data=DataConfig(synthetic=SyntheticConfig(num_train=240, num_val=60, height=64, width=128), batch_size=8),
+        name="default", description="the embedded synthetic benchmark, CPU-sized (about 12 minutes on 2 cores)",
+        data=DataConfig(synthetic=SyntheticConfig(num_train=240, num_val=60, height=96, width=192), batch_size=8),
         teacher=_TINY_TEACHER, student=_TINY_STUDENT,
-        teacher_train=TrainConfig(iterations=600, lr=0.02),
-        student_train=TrainConfig(iterations=200, lr=0.02, eval_every=100),
+        teacher_train=TrainConfig(iterations=1000, lr=0.02),
+        student_train=TrainConfig(iterations=300, lr=0.02, eval_every=100),
         seeds=(0, 1, 2)),
 }
 

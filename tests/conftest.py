@@ -6,16 +6,19 @@ from idd_lib.config import DataConfig, ModelConfig, Profile, TrainConfig
 from idd_lib.data.synthetic import SyntheticConfig
 
 
-@pytest.fixture(autouse=True)
-def isolated_results(tmp_path_factory, monkeypatch):
-    """Every test writes under its own results folder, never the user's results/."""
-    monkeypatch.setenv("IDD_RESULTS", str(tmp_path_factory.mktemp("results")))
-
-
 @pytest.fixture(scope="session")
 def shared_results(tmp_path_factory):
-    """A results folder shared by a module's tests (e.g. one study run checked many ways)."""
+    """A results folder shared by the tests of one study run (run once, checked many ways)."""
     return tmp_path_factory.mktemp("shared_results")
+
+
+@pytest.fixture(autouse=True)
+def isolated_results(request, tmp_path_factory, monkeypatch):
+    """Every test writes under its own results folder, never the user's results/; tests that
+    check the shared quick study see that study's folder."""
+    shared = "quick_study" in request.fixturenames
+    folder = request.getfixturevalue("shared_results") if shared else tmp_path_factory.mktemp("results")
+    monkeypatch.setenv("IDD_RESULTS", str(folder))
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Smoke runs of every notebook through papermill on the quick profile (the README's `make study
 PROFILE=quick` path), and the notebook parameter contract."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +18,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def quick_study(shared_results, monkeypatch_module):
-    monkeypatch_module.setenv("IDD_RESULTS", str(shared_results))
-    report = study.run_study("quick")
-    return report.parent
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+def quick_study(shared_results):
     with pytest.MonkeyPatch.context() as mp:
-        yield mp
+        mp.setenv("IDD_RESULTS", str(shared_results))
+        return study.run_study("quick").parent
 
 
 def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell():
@@ -70,7 +65,6 @@ def test_second_study_run_skips_complete_notebooks(quick_study, capsys):
 @pytest.mark.slow
 def test_papermill_cli_runs_02_and_rejects_unknown_parameters(quick_study, tmp_path, shared_results):
     env_cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "02_distill.ipynb")]
-    import os
     env = {**os.environ, "IDD_RESULTS": str(shared_results)}
     ok = subprocess.run(env_cmd + [str(tmp_path / "ok.ipynb"), "-p", "method", "kd", "-p", "seed", "0",
                                    "-p", "profile", "quick", "-p", "progress", "False"],
