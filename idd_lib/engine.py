@@ -7,25 +7,27 @@ Which losses run is decided by the method registry (:mod:`idd_lib.losses`), neve
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 from tqdm import tqdm
 
-from .config import RunConfig
+from .config import EvalConfig, RunConfig
 from .data.datasets import IGNORE_INDEX, build_dataset, dataset_spec, eval_loader, train_loader
 from .losses import DistillationCriterion
+from .inference import check_eval_config, predict
 from .models import Segmentor, build_segmentor
 from .provenance import provenance
 
@@ -67,10 +69,49 @@ def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return load_state(path)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        reason = next(iter(str(err).splitlines()), "") or "empty or truncated file"
+        raise ValueError(f"{path}: unreadable checkpoint ({type(err).__name__}: {reason}); "
+                         "delete it to restart this run from step 0") from None
+
+
+def _drop_rows_after(path: Path, step: int, final: bool = False) -> None:
+    """Keep the log rows up to the checkpoint's step: a resumed run logs the later ones again (and,
+    from the ``final`` checkpoint, the last validation)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if row.get("step", 0) < step or row.get("step", 0) == step and not (final and row.get("split") == "val"):
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _update_provenance(run_dir: Path, resumed_at: int | None = None, **fields: Any) -> None:
+    path = run_dir / "provenance.json"
+    prov = json.loads(path.read_text()) if path.exists() else {}
+    if resumed_at is not None:
+        prov["resumed"] = [*prov.get("resumed", []), {"step": resumed_at, "at": _now()}]
+    atomic_write_text(path, json.dumps({**prov, **fields}, indent=2))
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device, amp: bool = True) -> dict[str, Any]:
-    """Single-scale whole-image mIoU (torchmetrics, ignore 255). Classes absent from both labels
-    and predictions of the whole set are NaN and left out of the mean."""
+def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device, amp: bool = True,
+             options: EvalConfig | None = None) -> dict[str, Any]:
+    """mIoU (torchmetrics, ignore 255), single-scale whole-image by default; ``options`` selects
+    sliding windows and multi-scale + flip (:mod:`idd_lib.inference`). Classes absent from both
+    labels and predictions of the whole set are NaN and left out of the mean."""
     was_training = model.training
     model.eval()
     jaccard = MulticlassJaccardIndex(num_classes, average="none", ignore_index=IGNORE_INDEX,
@@ -78,9 +119,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device, a
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = model(images)["out"]
-        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        jaccard.update(logits.argmax(1), labels)
+            scores = predict(model, images, labels.shape[-2:], options)
+        jaccard.update(scores.argmax(1), labels)
     iou = jaccard.compute().cpu()
     model.train(was_training)
     return {"miou": float(torch.nanmean(iou)) * 100, "per_class_iou": [float(v) * 100 for v in iou]}
@@ -91,15 +131,20 @@ def _poly(total: int, power: float):
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()[1]}
+    # numpy's state as plain values: weights_only loading refuses numpy arrays
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [keys.tolist(), pos, has_gauss, gauss], "python": random.getstate()}
 
 
 def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], np.asarray(state["numpy"], dtype=np.uint32), *np_state[2:]))
-    py_state = random.getstate()
-    random.setstate((py_state[0], tuple(state["python"]), py_state[2]))
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 def load_model(run_dir: Path, cfg: RunConfig, device: torch.device | str = "cpu") -> Segmentor:
@@ -121,11 +166,15 @@ def load_model(run_dir: Path, cfg: RunConfig, device: torch.device | str = "cpu"
 
 
 def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, resume: bool = True,
-          progress: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+          progress: bool = True, extra: dict[str, Any] | None = None,
+          on_evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` (distilling from ``teacher`` when the method needs one) into ``run_dir``.
 
     Writes config.json, provenance.json, metrics.jsonl, checkpoint.pt, model.pt and result.json.
     A finished run (result.json present) is returned as is; an interrupted one resumes.
+    ``on_evaluate(model)`` runs at every validation (and at step 0 when ``eval_every`` is set);
+    its numbers join that validation row and, at the end, the result - e.g. the agreement with
+    the teacher's distance matrix (:class:`idd_lib.analysis.TeacherAgreement`).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,32 +188,40 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     train_set = build_dataset(cfg.data, "train", train=True, seed=cfg.train.seed)
     val_set = build_dataset(cfg.data, "val", train=False)
 
-    model = build_segmentor(cfg.model, spec.num_classes).to(device)
+    check_eval_config(cfg.train.eval)
+    # ImageNet initialisation only for a fresh start: a resumed run loads its own weights
+    fresh = not (resume and (run_dir / CHECKPOINT).exists())
+    model = build_segmentor(cfg.model, spec.num_classes, pretrained=fresh).to(device)
     teacher_channels = teacher.feature_channels if teacher is not None else None
     criterion = DistillationCriterion(cfg.loss, spec.num_classes, model.feature_channels, teacher_channels).to(device)
     if criterion.needs_teacher:
         teacher = teacher.to(device).eval().requires_grad_(False)
-    params = [p for p in (*model.parameters(), *criterion.parameters()) if p.requires_grad]
+    # terms that train modules with their own optimiser (the adversarial discriminator) keep them out
+    params = [p for p in (*model.parameters(), *criterion.student_parameters()) if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay)
     total = cfg.train.iterations
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(total, cfg.train.poly_power))
 
     step = 0
+    rng_state = None
     checkpoint = run_dir / CHECKPOINT
     if resume and checkpoint.exists():
-        state = load_state(checkpoint)
+        state = _load_checkpoint(checkpoint)
         model.load_state_dict(state["model"])
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _restore_rng(state["rng"])
+        rng_state = state["rng"]
         step = state["step"]
         started -= state.get("elapsed", 0.0)
+        _drop_rows_after(run_dir / METRICS, step, final=step == total)
+        _update_provenance(run_dir, resumed_at=step)
     else:
         (run_dir / METRICS).unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str))
-        atomic_write_text(run_dir / "provenance.json", json.dumps(provenance(device), indent=2))
+        atomic_write_text(run_dir / "provenance.json",
+                          json.dumps({**provenance(device), "seed": cfg.train.seed}, indent=2))
 
     def save_checkpoint() -> None:
         atomic_save({"model": model.state_dict(), "criterion": criterion.state_dict(),
@@ -180,7 +237,21 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     bar = tqdm(total=total, initial=step, disable=not progress, desc=f"{cfg.loss.method} s{cfg.train.seed}",
                file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
     last_values: dict[str, float] = {}
-    for images, labels in loader:
+
+    def validate() -> dict[str, Any]:
+        metrics = evaluate(model, val, spec.num_classes, device, amp, cfg.train.eval)
+        if on_evaluate is not None:
+            with torch.random.fork_rng(devices=[]):  # an analysis hook must not change the training's dropout draws
+                metrics.update(on_evaluate(model))
+        return metrics
+
+    if on_evaluate is not None and cfg.train.eval_every and step == 0:
+        with torch.random.fork_rng(devices=[]):  # the curve's starting point, without changing the run
+            log.write(json.dumps({"step": 0, "split": "val", **validate()}) + "\n")
+    batches = iter(loader)
+    if rng_state is not None:  # only now: creating the data iterator draws from the global RNG
+        _restore_rng(rng_state)
+    for images, labels in batches:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -189,11 +260,13 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
             if criterion.needs_teacher:
                 with torch.no_grad():
                     teacher_out = teacher(images)
-            loss, values = criterion(student_out, teacher_out, labels)
+            loss, values = criterion(student_out, teacher_out, labels, images)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        # terms with their own optimiser (the discriminator) step after the student, on the same outputs
+        values.update(criterion.update(student_out, teacher_out, labels, images))
         step += 1
         bar.update(1)
         # Reading a value forces a host sync: on CUDA only at log/checkpoint steps.
@@ -215,17 +288,18 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
             log.flush()
             bar.set_postfix(loss=f"{last_values['total']:.3f}", refresh=False)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
-            metrics = evaluate(model, val, spec.num_classes, device, amp)
+            metrics = validate()
             log.write(json.dumps({"step": step, "split": "val", **metrics}) + "\n")
             log.flush()
         if must_save and step < total:
             save_checkpoint()
     bar.close()
-    metrics = evaluate(model, val, spec.num_classes, device, amp)
+    metrics = validate()
     log.write(json.dumps({"step": step, "split": "val", **metrics}) + "\n")
     log.close()
     save_checkpoint()
     atomic_save(model.state_dict(), run_dir / MODEL)
+    _update_provenance(run_dir, finished=_now())
     result = {"method": cfg.loss.method, "seed": cfg.train.seed, "steps": step, **metrics,
               "class_names": list(spec.class_names), "weights": criterion.weights,
               "wall_time_s": time.time() - started, "config_digest": cfg.digest(),

@@ -22,29 +22,104 @@ def save_figure(fig, stem: str | Path) -> list[Path]:
     return paths
 
 
-def distance_heatmaps(matrices: Mapping[str, np.ndarray], class_names: Sequence[str], reference: str = "teacher"):
+def distance_heatmaps(matrices: Mapping[str, np.ndarray], class_names: Sequence[str], reference: str = "teacher",
+                      agreement: Mapping[str, float] | None = None):
     """Row 1: each network's normalised distance matrix on one shared colour scale.
-    Row 2: difference to the reference (teacher), on one shared symmetric scale."""
+    Row 2: difference to the reference (teacher), on one shared symmetric scale.
+    ``agreement`` (e.g. Pearson r with the teacher per network) is added to the titles."""
     names = list(matrices)
+    if reference not in matrices:
+        raise ValueError(f"reference: {reference!r} is not among the matrices {names}")
     n = len(names)
-    fig, axes = plt.subplots(2, n, figsize=(3.6 * n, 6.8), squeeze=False)
+    # a thin last column holds the two colour bars, so every heatmap keeps the same size
+    fig, axes = plt.subplots(2, n + 1, figsize=(3.6 * n + 0.8, 7.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * n + [0.06]})
     values = np.concatenate([m[np.isfinite(m)] for m in matrices.values()])
     vmax = float(np.nanpercentile(values, 99)) if values.size else 1.0
     diffs = {name: matrices[name] - matrices[reference] for name in names}
     dmax = max(float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 0.0 for d in diffs.values()) or 1.0
+    others = [name for name in names if name != reference]
     for col, name in enumerate(names):
         sns.heatmap(matrices[name], ax=axes[0, col], vmin=0, vmax=vmax, cmap="viridis", square=True,
                     xticklabels=class_names, yticklabels=class_names if col == 0 else False,
-                    cbar=col == n - 1)
-        axes[0, col].set_title(name)
+                    cbar=col == 0, cbar_ax=axes[0, n], cbar_kws={"label": "distance / mean distance"})
+        score = f" (r = {agreement[name]:.2f})" if agreement and name in agreement and name != reference else ""
+        axes[0, col].set_title(name + score)
         if name == reference:
             axes[1, col].axis("off")
             axes[1, col].text(0.5, 0.5, f"{reference}\n(reference)", ha="center", va="center")
             continue
         sns.heatmap(diffs[name], ax=axes[1, col], vmin=-dmax, vmax=dmax, cmap="RdBu_r", center=0, square=True,
-                    xticklabels=class_names, yticklabels=class_names if col == 0 else False, cbar=col == n - 1)
+                    xticklabels=class_names, yticklabels=class_names if name == others[0] else False,
+                    cbar=name == others[0], cbar_ax=axes[1, n], cbar_kws={"label": f"difference to {reference}"})
         axes[1, col].set_title(f"{name} - {reference}")
-    fig.suptitle("Inter-class distances of class centres (normalised by mean off-diagonal distance)")
+    if not others:
+        axes[1, n].axis("off")
+    for ax in axes[:, :n].flat:
+        ax.tick_params(axis="x", labelrotation=90)
+        ax.tick_params(axis="y", labelrotation=0)
+    fig.suptitle("Inter-class distances of class centres over the validation set (normalised by the mean "
+                 "off-diagonal distance; blank: class absent)")
+    fig.tight_layout()
+    return fig
+
+
+def agreement_curves(history, keys: Sequence[str] = ("pearson", "frobenius_rel")):
+    """Agreement with the teacher's distance matrix over training, one line per method: mean over
+    seeds, band = min..max over seeds. ``history``: :func:`idd_lib.analysis.agreement_history`."""
+    labels = {"pearson": "Pearson r (higher: closer)", "spearman": "Spearman rho (higher: closer)",
+              "frobenius_rel": "relative Frobenius distance (lower: closer)"}
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for method, rows in history.groupby("method", sort=False):
+            stats = rows.groupby("step")[key].agg(["mean", "min", "max", "count"]).reset_index()
+            line, = ax.plot(stats["step"], stats["mean"], marker="o", ms=3,
+                            label=f"{method} ({int(stats['count'].max())} runs)")
+            ax.fill_between(stats["step"], stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(labels.get(key, key))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Agreement of each student's inter-class distance matrix with the teacher's during training")
+    fig.tight_layout()
+    return fig
+
+
+def probe_bars(table, maps: Sequence[str] = ("x", "y", "gaussian", "mean")):
+    """Position-probe R² per network (groups) and map (bars): mean over seeds, error bars = std.
+    ``table`` has a ``network`` column and ``<map>`` / ``<map> std`` columns."""
+    networks = list(table["network"])
+    width = 0.8 / len(maps)
+    fig, ax = plt.subplots(figsize=(1.4 * len(networks) + 2.5, 3.6))
+    x = np.arange(len(networks))
+    for i, name in enumerate(maps):
+        err = table[f"{name} std"].fillna(0).to_numpy() if f"{name} std" in table else None
+        ax.bar(x + (i - (len(maps) - 1) / 2) * width, table[name], width, yerr=err, capsize=2, label=name)
+    ax.set_xticks(x, networks, rotation=20, ha="right")
+    ax.set_ylabel("held-out R²")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylim(min(0.0, float(np.nanmin(table[list(maps)].to_numpy())) - 0.05), 1.0)
+    ax.legend(title="position map", fontsize=8, ncol=len(maps), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def sweep_panels(table, x: str = "prior", metrics: Sequence[tuple[str, str]] = (
+        ("miou", "val mIoU (%)"), ("r2_mean", "position probe R² (mean of maps)"))):
+    """One panel per metric against the swept knob, one line per network (teacher dashed);
+    ``table`` rows: ``network``, ``x`` and each metric's mean (with optional ``<metric> std``)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
+        for network, rows in table.groupby("network", sort=False):
+            rows = rows.sort_values(x)
+            err = rows[f"{key} std"].fillna(0) if f"{key} std" in rows else None
+            ax.errorbar(rows[x], rows[key], yerr=err, marker="o", capsize=3, label=network,
+                        ls="--" if network == "teacher" else "-", color="black" if network == "teacher" else None)
+        ax.set_xlabel("position_prior" if x == "prior" else x)
+        ax.set_xticks(sorted(table[x].unique()))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

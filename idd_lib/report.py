@@ -1,4 +1,6 @@
-"""Tables of the study: per-method mean ± std and 95% CI over seeds, paired tests, per-class IoU.
+"""Tables of the study: per-method mean ± std and 95% CI over seeds, paired tests (same seeds)
+against the baseline and against the best other method, per-class IoU, the per-run provenance
+table, and REPORT.md.
 
 Every number is a last-iterate checkpoint evaluated single-scale on the validation split.
 """
@@ -20,24 +22,97 @@ def results_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return frame
 
 
-def summarize(frame: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
-    """One row per method label: seeds, mean, std, 95% CI half-width (t), paired t-test vs baseline."""
+def _paired(values: pd.Series, other: pd.Series) -> tuple[float, float]:
+    """Mean difference and paired t-test p-value of two seed-indexed series on their shared seeds;
+    NaN p-value below 2 shared seeds or when every difference is the same."""
+    a, b = values.align(other, join="inner")
+    if len(a) == 0:
+        return float("nan"), float("nan")
+    delta = a - b
+    if len(a) < 2 or not delta.std() > 0:
+        return float(delta.mean()), float("nan")
+    return float(delta.mean()), float(stats.ttest_rel(a, b).pvalue)
+
+
+def current_results(profile) -> list[dict]:
+    """The finished student runs of ``profile`` whose config digest is what the code resolves today
+    for their method, seed, weights and options. A run left in the folder by an earlier version of
+    the config (older code, changed profile) is skipped, so it never mixes into the statistics."""
+    from .config import get_profile
+    from .runs import collect_results, student_config
+
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    kept = []
+    for result in collect_results(profile):
+        try:
+            cfg = student_config(profile, result["method"], result["seed"], result.get("weights_override") or None,
+                                 result.get("options") or None)
+        except ValueError:  # a method or option that no longer exists
+            continue
+        if cfg.digest() == result.get("config_digest"):
+            kept.append(result)
+    return kept
+
+
+def summarize(frame: pd.DataFrame, baseline: str = "baseline", value: str = "miou", label: str = "mIoU",
+              higher_is_better: bool = True) -> pd.DataFrame:
+    """One row per method label: seeds, mean, std, 95% CI half-width (t), and paired t-tests on
+    the same seeds against the baseline and against the best other method (the other label with
+    the best mean; for the best method that is the runner-up)."""
     rows = []
-    base = frame[frame["label"] == baseline].set_index("seed")["miou"]
-    for label, group in frame.groupby("label", sort=False):
-        values = group["miou"].to_numpy(float)
+    by_seed = {name: group.set_index("seed")[value].astype(float) for name, group in frame.groupby("label", sort=False)}
+    means = {name: series.mean() for name, series in by_seed.items()}
+    for name, series in by_seed.items():
+        values = series.to_numpy()
         n = len(values)
         std = float(values.std(ddof=1)) if n > 1 else float("nan")
-        ci = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else float("nan")
-        row = {"method": label, "seeds": n, "mean": values.mean(), "std": std, "ci95": ci,
-               "mIoU": f"{values.mean():.2f} ± {std:.2f}" if n > 1 else f"{values.mean():.2f}"}
-        paired = group.set_index("seed")["miou"].align(base, join="inner")
-        if label != baseline and len(paired[0]) >= 2:
-            delta = paired[0] - paired[1]
-            row["delta_vs_baseline"] = float(delta.mean())
-            row["p_vs_baseline"] = float(stats.ttest_rel(paired[0], paired[1]).pvalue) if delta.std() > 0 else float("nan")
+        mean, ci = mean_ci(values)
+        row = {"method": name, "seeds": n, "mean": mean, "std": std, "ci95": ci,
+               label: f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"}
+        if name != baseline and baseline in by_seed:
+            row["delta_vs_baseline"], row["p_vs_baseline"] = _paired(series, by_seed[baseline])
+        others = {k: v for k, v in means.items() if k != name}
+        if others:
+            best = (max if higher_is_better else min)(others, key=others.get)
+            row["best_other"] = best
+            row["delta_vs_best_other"], row["p_vs_best_other"] = _paired(series, by_seed[best])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """Mean and half-width of the two-sided 95% t-interval (NaN half-width below 2 values)."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return float(values.mean()) if n else float("nan"), float("nan")
+    return float(values.mean()), float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n))
+
+
+TEST_COLUMNS = ("ci95", "delta_vs_baseline", "p_vs_baseline", "best_other", "delta_vs_best_other", "p_vs_best_other")
+
+
+def seed_table(frame: pd.DataFrame, columns: Sequence[str], by: str | Sequence[str] = "method",
+               test: str | None = None, baseline: str = "baseline", reference: str | None = None,
+               higher_is_better: bool = True) -> pd.DataFrame:
+    """Mean (column ``<name>``) and std (``<name> std``) over seeds of ``columns`` per ``by`` group,
+    with the number of seeds; with ``test``, that column's 95% CI and paired tests (:func:`summarize`)
+    as ``<test> <statistic>`` columns. A ``reference`` group (the teacher) is shown but not tested."""
+    keys = [by] if isinstance(by, str) else list(by)
+    groups = frame.groupby(keys, sort=False)
+    table = groups[list(columns)].agg(["mean", "std"])
+    table.columns = [name if stat == "mean" else f"{name} {stat}" for name, stat in table.columns]
+    table.insert(0, "seeds", groups.size())
+    table = table.reset_index()
+    if test is not None:
+        if len(keys) != 1:
+            raise ValueError(f"by: paired tests need one grouping column, got {keys}")
+        tested = frame[frame[keys[0]] != reference] if reference is not None else frame
+        tests = summarize(tested.assign(label=tested[keys[0]]), baseline, test, test, higher_is_better)
+        keep = [c for c in TEST_COLUMNS if c in tests]
+        tests = tests[["method", *keep]].rename(columns={"method": keys[0], **{c: f"{test} {c}" for c in keep}})
+        table = table.merge(tests, on=keys[0], how="left")
+    return table
 
 
 def per_class_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
@@ -80,6 +155,26 @@ def _figure(folder: Path, stem: str, caption: str) -> str:
     return f"![{caption}](figures/{stem}.png)\n\n{caption} ([PDF](figures/{stem}.pdf))"
 
 
+def runs_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run: what produced it (method label with its overrides, config digest,
+    seed, git commit, package versions, device) and its wall time, from the run folder's
+    result.json and provenance.json."""
+    import json
+
+    rows = []
+    for run in frame.to_dict("records"):
+        path = Path(run["run_dir"]) / "provenance.json"
+        prov = json.loads(path.read_text()) if path.exists() else {}
+        git = prov.get("git", {})
+        commit = git.get("commit", "unknown")[:10] + ("+dirty" if git.get("dirty") else "")
+        versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+        rows.append({"run": Path(run["run_dir"]).name, "method": run["label"], "seed": run["seed"],
+                     "mIoU": run["miou"], "config": run.get("config_digest", ""), "commit": commit,
+                     "versions": versions or "unknown", "device": prov.get("device", "unknown"),
+                     "wall time (s)": run.get("wall_time_s", float("nan"))})
+    return pd.DataFrame(rows)
+
+
 def write_report(profile_name: str) -> Path:
     """Compose ``results/<profile>/REPORT.md`` from the runs, tables and figures on disk."""
     import datetime
@@ -88,20 +183,13 @@ def write_report(profile_name: str) -> Path:
     from .config import get_profile
     from .paths import profile_dir
     from .provenance import git_state
-    from .runs import collect_results, teacher_dir
+    from .runs import teacher_dir
 
     profile = get_profile(profile_name)
     folder = profile_dir(profile.name)
     teacher_result = json.loads((teacher_dir(profile) / "result.json").read_text())
-    frame = results_frame(collect_results(profile))
-    provenance_rows = []
-    for run in frame.itertuples():
-        prov = json.loads((Path(run.run_dir) / "provenance.json").read_text())
-        provenance_rows.append({"run": Path(run.run_dir).name, "seed": run.seed, "mIoU": run.miou,
-                                "wall time (s)": run.wall_time_s, "device": prov["device"],
-                                "commit": prov["git"]["commit"][:10] + ("+dirty" if prov["git"]["dirty"] else ""),
-                                "torch": prov["versions"]["torch"]})
-    provenance_md = write_table(pd.DataFrame(provenance_rows), folder / "tables" / "runs")
+    frame = results_frame(current_results(profile))
+    provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     git = git_state()
     student, teacher = profile.student, profile.teacher
     lines = [
@@ -124,8 +212,10 @@ def write_report(profile_name: str) -> Path:
         "",
         "## Students: validation mIoU (%)",
         "",
-        "mean ± std over seeds; `ci95` = half-width of the 95% t-interval; `delta_vs_baseline` and "
-        "`p_vs_baseline` = paired t-test on the same seeds.",
+        "mean ± std over seeds; `ci95` = half-width of the 95% t-interval; paired t-tests on the same seeds "
+        "against the baseline (`delta_vs_baseline`, `p_vs_baseline`) and against the best other method by "
+        "mean mIoU (`best_other`, `delta_vs_best_other`, `p_vs_best_other`; for the best method, the "
+        "runner-up). With 3 seeds a paired test has 2 degrees of freedom: read p-values as a rough guide.",
         "",
         _md_table(folder / "tables" / "methods.md"),
         "",
@@ -137,19 +227,51 @@ def write_report(profile_name: str) -> Path:
         "",
         _md_table(folder / "tables" / "per_class_iou.md"),
         "",
-        "## Inter-class distances",
+        "## Claim 1: inter-class distances",
+        "",
+        "Class centres of the head features accumulated over the validation images (not one batch), "
+        "distances normalised by their mean off-diagonal entry.",
         "",
         _figure(folder, "distance_heatmaps", "Class-centre distance matrices over the validation set "
                 "(top, shared scale) and their differences to the teacher (bottom)."),
         "",
-        "Agreement of each student's matrix with the teacher's (upper triangle; mean and std over seeds):",
+        "Agreement of each student's matrix with the teacher's (upper triangle; Pearson and Spearman "
+        "correlation, Frobenius distance relative to the teacher's norm), mean ± std over seeds, and the "
+        "Pearson agreement's paired tests against the baseline and the best other method:",
         "",
         _md_table(folder / "tables" / "distance_agreement.md"),
+        "",
+        _figure(folder, "agreement_curves", "Agreement with the teacher's distance matrix during training "
+                "(logged at every validation; line: mean over seeds, band: min-max)."),
         "",
         "## Feature space (t-SNE)",
         "",
         _figure(folder, "tsne", "t-SNE of the same class-balanced pixels in teacher and student feature spaces; "
                 "stars: class centres."),
+        "",
+        _md_table(folder / "tables" / "tsne_timing.md"),
+        "",
+        "## Claim 2: position information",
+        "",
+        "A fresh linear probe on 3x3 neighbourhoods of the frozen head features (ridge regression, "
+        "replicate padding) regresses the x ramp, the y ramp and a centred Gaussian; fitted on "
+        "training images, R² on validation images (mean ± std over seeds; paired tests of the mean R²).",
+        "",
+        _md_table(folder / "tables" / "position_probe.md"),
+        "",
+        _figure(folder, "position_probe", "Held-out R² of the position probe per network and position map."),
+        "",
+        f"**Position-prior sweep (reduced size).** The benchmark's `position_prior` at "
+        f"{', '.join(f'{p:g}' for p in profile.sweep.priors)} (0: position uninformative, 1: Cityscapes-like, "
+        f"2: strong), each with its own data and teacher, for {', '.join(profile.sweep.methods)}. To fit the "
+        f"study's time budget this sweep is smaller than the main study: {profile.sweep.num_train} training / "
+        f"{profile.sweep.num_val} validation images of {profile.sweep.height}x{profile.sweep.width}, teacher "
+        f"{profile.sweep.teacher_iterations} and students {profile.sweep.student_iterations} iterations, "
+        f"seed(s) {', '.join(map(str, profile.sweep.seeds))}: indicative, not a test.",
+        "",
+        _md_table(folder / "tables" / "position_sweep.md"),
+        "",
+        _figure(folder, "position_sweep", "mIoU and position-probe R² against the position prior (teacher dashed)."),
         "",
         "## The benchmark",
         "",
@@ -158,6 +280,11 @@ def write_report(profile_name: str) -> Path:
         _figure(folder, "synthetic_knobs", "The knobs: position prior (rows) and appearance overlap (columns)."),
         "",
         "## Runs",
+        "",
+        "Every student run: config digest (the hash of its resolved config, also in its folder name; the "
+        "config itself is the folder's `config.json`), seed, git commit, package versions, device and "
+        "wall time (from the folder's `provenance.json` and `result.json`). Runs of an earlier version of "
+        "a config left in the folder are not counted anywhere in this report.",
         "",
         provenance_md,
         "",

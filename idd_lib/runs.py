@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .analysis import TeacherAgreement
 from .config import LossConfig, Profile, RunConfig, apply_overrides, get_profile
+from .data.datasets import build_dataset, dataset_spec
 from .engine import RESULT, load_model, train
 from .losses import get_method, method_weights
 from .models import Segmentor
@@ -62,11 +64,12 @@ def run_student(profile: Profile | str, method: str, seed: int = 0, weights: dic
     folder = run_dir(profile, cfg, tag)
     if (folder / RESULT).exists():
         return json.loads((folder / RESULT).read_text())
-    teacher = None
-    if any(term != "ce" for term in method_weights(cfg.loss)):
-        teacher, _ = ensure_teacher(profile, progress)
+    # Every method gets the teacher: it is also the reference of the agreement-over-training curve.
+    teacher, _ = ensure_teacher(profile, progress)
+    agreement = TeacherAgreement(teacher, build_dataset(cfg.data, "val", train=False),
+                                 dataset_spec(cfg.data).num_classes, profile.analysis_images)
     extra = {"profile": profile.name, "tag": tag, "weights_override": weights or {}, "options": options or {}}
-    return train(cfg, folder, teacher, progress=progress, extra=extra)
+    return train(cfg, folder, teacher, progress=progress, extra=extra, on_evaluate=agreement)
 
 
 def collect_results(profile: Profile | str) -> list[dict[str, Any]]:

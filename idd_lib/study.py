@@ -19,8 +19,9 @@ from .config import Profile, get_profile, parse_assignments, parse_weights
 from .paths import profile_dir, project_root
 from .runs import override_tag, run_dir, student_config
 
+# 07_position runs before 06_report: the report collects what every analysis notebook wrote.
 STUDY_NOTEBOOKS = ("00_synthetic_data", "01_teacher", "03_ablation", "04_interclass_distance", "05_tsne",
-                   "06_report")
+                   "07_position", "06_report")
 
 
 class StudyError(RuntimeError):
@@ -51,15 +52,23 @@ def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = F
         return False
     output.parent.mkdir(parents=True, exist_ok=True)
     running = output.with_name(output.stem + ".running.ipynb")
+    source = notebook_dir() / f"{name}.ipynb"
+    if not source.is_file():
+        available = sorted(p.stem for p in notebook_dir().glob("*.ipynb"))
+        raise StudyError(f"notebook {name}: {source} does not exist; expected one of {available}")
     try:
-        papermill.execute_notebook(str(notebook_dir() / f"{name}.ipynb"), str(running), parameters=parameters,
+        papermill.execute_notebook(str(source), str(running), parameters=parameters,
                                    kernel_name="python3", cwd=str(project_root()), progress_bar=False)
     except PapermillExecutionError as err:
         failed = output.with_name(output.stem + ".failed.ipynb")
         os.replace(running, failed)
         raise StudyError(f"notebook {name} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
                          f"(executed copy: {failed})") from None
+    except (RuntimeError, TimeoutError) as err:  # nbclient's DeadKernelError / CellTimeoutError
+        raise StudyError(f"notebook {name}: the kernel died or timed out ({type(err).__name__}: {err}); "
+                         f"partial copy: {running}") from None
     os.replace(running, output)
+    output.with_name(output.stem + ".failed.ipynb").unlink(missing_ok=True)  # a stale copy from an earlier failure
     return True
 
 

@@ -13,7 +13,8 @@ def test_paper_architectures_build_with_output_stride_8(name):
     model = build_segmentor(cfg, 19).train()
     out = model(torch.randn(2, 3, 64, 96))
     assert out["out"].shape == (2, 19, 8, 12)
-    assert out["aux"].shape == (2, 19, 8, 12)
+    if cfg.aux:  # the MobileNetV2 student of the lineage has none
+        assert out["aux"].shape == (2, 19, 8, 12)
     assert out["feat"].shape == (2, cfg.head_channels, 8, 12)
     assert "aux" not in model.eval()(torch.randn(1, 3, 64, 96))
 

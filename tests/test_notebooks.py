@@ -25,7 +25,7 @@ def quick_study(shared_results):
 
 
 def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell():
-    assert len(NOTEBOOKS) == 7
+    assert len(NOTEBOOKS) == 8
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         code = [c for c in book.cells if c.cell_type == "code"]
@@ -43,16 +43,22 @@ def test_quick_study_runs_every_notebook_and_writes_the_report(quick_study):
         assert study.is_complete(executed, {"profile": "quick"}), name
     distill_runs = sorted(quick_study.glob("runs/*/02_distill.ipynb"))
     assert {p.parent.name.split("-s0-")[0] for p in distill_runs} == {"baseline", "kd", "idd", "idd+pid"}
-    for stem in ("synthetic_samples", "synthetic_knobs", "teacher_loss", "miou", "distance_heatmaps", "tsne"):
+    for stem in ("synthetic_samples", "synthetic_knobs", "teacher_loss", "miou", "distance_heatmaps", "tsne",
+                 "agreement_curves", "position_probe", "position_sweep"):
         for suffix in (".png", ".pdf"):
             assert (quick_study / "figures" / f"{stem}{suffix}").stat().st_size > 1000, stem + suffix
-    for table in ("methods", "per_class_iou", "distance_agreement", "runs"):
+    for table in ("methods", "per_class_iou", "distance_agreement", "runs", "tsne_timing", "position_probe",
+                  "position_sweep"):
         assert (quick_study / "tables" / f"{table}.csv").is_file() and (quick_study / "tables" / f"{table}.md").is_file()
     report = (quick_study / "REPORT.md").read_text()
     assert "_missing" not in report
     for method in ("baseline", "kd", "idd", "idd+pid"):
         assert f"| {method} " in report
     assert "val mIoU" in report and "figures/tsne.png" in report
+    for stem in ("agreement_curves", "position_probe", "position_sweep"):
+        assert f"figures/{stem}.png" in report and f"figures/{stem}.pdf" in report
+    sweep_runs = {p.parent.name.split("-s0-")[0] for p in quick_study.glob("sweep/prior*/runs/*/result.json")}
+    assert sweep_runs == {"baseline", "pid", "idd+pid"}
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ from torchvision.transforms import v2
 
 from ..config import DataConfig
 from ..paths import cache_root
-from .synthetic import SYNTH_CLASSES, ensure_generated
+from . import layouts, validation
+from .synthetic import EGO_VEHICLE_ID, SYNTH_CLASSES, UNLABELED_ID, ensure_generated
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,6 +36,7 @@ class DatasetSpec:
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     id_to_train_id: tuple[int, ...]   # 256-entry lookup table from stored label value to class index
+    void_ids: tuple[int, ...] | None = None  # stored ids that legally mean "unlabelled"; None: values unchecked
 
     @property
     def num_classes(self) -> int:
@@ -53,17 +55,38 @@ def _lookup(pairs: dict[int, int]) -> tuple[int, ...]:
 
 def synthetic_spec() -> DatasetSpec:
     return DatasetSpec("synthetic", tuple(c[0] for c in SYNTH_CLASSES), tuple(c[2] for c in SYNTH_CLASSES),
-                       _lookup({c[1]: k for k, c in enumerate(SYNTH_CLASSES)}))
+                       _lookup({c[1]: k for k, c in enumerate(SYNTH_CLASSES)}), (UNLABELED_ID, EGO_VEHICLE_ID))
 
 
 def cityscapes_spec() -> DatasetSpec:
     train = sorted((c for c in datasets.Cityscapes.classes if not c.ignore_in_eval), key=lambda c: c.train_id)
     return DatasetSpec("cityscapes", tuple(c.name for c in train), tuple(c.color for c in train),
-                       _lookup({c.id: c.train_id for c in train}))
+                       _lookup({c.id: c.train_id for c in train}),
+                       tuple(c.id for c in datasets.Cityscapes.classes if c.ignore_in_eval and c.id >= 0))
+
+
+def voc_spec() -> DatasetSpec:
+    """Pascal VOC 2012 (+SBD): masks hold the class index 0-20, 255 = boundary/ignore."""
+    names = layouts.VOC_CLASSES
+    return DatasetSpec("voc", names, layouts.label_colormap(len(names)), _lookup({k: k for k in range(len(names))}), ())
+
+
+def ade20k_spec() -> DatasetSpec:
+    """ADE20K SceneParsing, reduce-zero-label: stored 0 ("other") -> ignore, k -> k - 1."""
+    names = layouts.ADE20K_CLASSES
+    return DatasetSpec("ade20k", names, layouts.label_colormap(len(names) + 1)[1:],
+                       _lookup({k + 1: k for k in range(len(names))}), (0,))
+
+
+def folder_spec(root: str | Path) -> DatasetSpec:
+    """The generic images/ + masks/ format: classes from ``root/classes.txt``, masks hold indices."""
+    names = layouts.read_class_names(root)
+    return DatasetSpec("folder", names, layouts.label_colormap(len(names)), _lookup({k: k for k in range(len(names))}), ())
 
 
 def dataset_spec(cfg: DataConfig) -> DatasetSpec:
-    specs = {"synthetic": synthetic_spec, "cityscapes": cityscapes_spec}
+    specs = {"synthetic": synthetic_spec, "cityscapes": cityscapes_spec, "voc": voc_spec, "ade20k": ade20k_spec,
+             "folder": lambda: folder_spec(dataset_root(cfg))}
     if cfg.dataset not in specs:
         raise ValueError(f"data.dataset: unknown dataset {cfg.dataset!r}; expected one of {sorted(specs)}")
     return specs[cfg.dataset]()
@@ -95,7 +118,10 @@ def eval_transform() -> v2.Transform:
 
 
 class SegmentationDataset(Dataset):
-    """torchvision Cityscapes (fine, semantic labelIds) -> (normalised image, trainId mask).
+    """(image, label) file pairs -> (normalised image, class-index mask) through the spec's table.
+
+    The pairs come from torchvision's Cityscapes (fine, semantic labelIds; also the synthetic
+    benchmark) or from :mod:`.layouts` (VOC + SBD aug, ADE20K, generic folder).
 
     Keys are ``index`` or ``(index, epoch)``; the augmentation RNG is seeded from
     ``(seed, epoch, index)``.
@@ -103,20 +129,26 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, root: Path, split: str, spec: DatasetSpec, transform: v2.Transform, seed: int = 0):
         self.root, self.split, self.spec, self.transform, self.seed = Path(root), split, spec, transform, seed
-        self.base = datasets.Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
+        if spec.name in ("synthetic", "cityscapes"):
+            validation.check_cityscapes_split(root, split)  # names the missing folder/file, unlike torchvision
+            self.base = datasets.Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
+        else:  # VOC, ADE20K, generic folder: same (images, targets) listing shape (data.layouts)
+            self.base = layouts.list_split(spec.name, root, split)
         # os.listdir order is arbitrary; index -> file must be stable for seeded augmentation and resume
         pairs = sorted(zip(self.base.images, self.base.targets))
         self.base.images, self.base.targets = [p[0] for p in pairs], [p[1] for p in pairs]
         self._lookup = torch.from_numpy(spec.lookup().astype(np.int64))
+        self._legal = validation.legal_label_values(spec)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        image, target = self.base[index]
-        image = tv_tensors.Image(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1))
-        mask = tv_tensors.Mask(self._lookup[torch.from_numpy(np.array(target, dtype=np.uint8)).long()])
+        # decoded here rather than by self.base[index], so a bad file is reported by name
+        image, raw = validation.read_sample(self.base.images[index], self.base.targets[index][0], self._legal)
+        image = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1))
+        mask = tv_tensors.Mask(self._lookup[torch.from_numpy(raw).long()])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + index)
             image, mask = self.transform(image, mask)
@@ -128,11 +160,11 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, seed: int = 0) -> Se
     spec = dataset_spec(cfg)
     if cfg.dataset == "synthetic":
         size = (cfg.synthetic.height, cfg.synthetic.width)
-        crop, short = cfg.crop_size or size, min(size)
+        crop, short = cfg.crop_size or size, cfg.base_size or min(size)
     else:
         if train and cfg.crop_size is None:
             raise ValueError("data.crop_size: real datasets need a training crop, e.g. data.crop_size=512 1024")
-        crop, short = cfg.crop_size or (0, 0), 1024
+        crop, short = cfg.crop_size or (0, 0), cfg.base_size or layouts.BASE_SIZE[cfg.dataset]
     transform = train_transform(cfg, short, tuple(crop)) if train else eval_transform()
     return SegmentationDataset(root, split, spec, transform, seed)
 

@@ -1,3 +1,4 @@
+from .pretrained import load_backbone_weights
 from .segmentor import Segmentor, build_segmentor, count_parameters
 
-__all__ = ["Segmentor", "build_segmentor", "count_parameters"]
+__all__ = ["Segmentor", "build_segmentor", "count_parameters", "load_backbone_weights"]

@@ -1,4 +1,4 @@
-"""Segmentation networks: dilated ResNet backbones from torchvision with PSP or ASPP heads.
+"""Segmentation networks: dilated ResNet or MobileNetV2 backbones from torchvision with PSP or ASPP heads.
 
 Every network is a :class:`Segmentor`; its forward returns a dict with
 
@@ -16,11 +16,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import mobilenet_v2
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet, conv3x3
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 
 from ..config import ModelConfig
+from .pretrained import load_backbone_weights
 
 
 class DilatedBasicBlock(BasicBlock):
@@ -80,6 +82,34 @@ class DilatedResNet(ResNet):
         return c3, self.layer4(c3)
 
 
+class DilatedMobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 features up to the 320-channel block (no 1280-channel conv), with
+    the strides of the last stages turned into dilation for output stride 8 or 16, as the CIRKD
+    student does (models/base_models/mobilenetv2.py, after CSAIL's ``_nostride_dilate``): at OS 8
+    blocks 7-13 get dilation 2 and blocks 14-17 dilation 4, each stride-2 conv becoming a stride-1
+    conv with half the stage's dilation. Parameter names are torchvision's (``features.N``), so its
+    ImageNet weights load. Returns (block 13 output, 96 ch; block 17 output, 320 ch).
+    """
+
+    def __init__(self, width: float = 1.0, output_stride: int = 8):
+        super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride: expected 8, 16 or 32, got {output_stride}")
+        self.features = mobilenet_v2(width_mult=width).features[:18]
+        stages = {8: ((7, 14, 2), (14, 18, 4)), 16: ((14, 18, 2),), 32: ()}[output_stride]
+        for start, stop, dilation in stages:
+            for block in self.features[start:stop]:
+                for conv in block.modules():
+                    if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
+                        d = dilation // 2 if conv.stride == (2, 2) else dilation
+                        conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+        self.channels = (self.features[13].out_channels, self.features[17].out_channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c3 = self.features[:14](x)
+        return c3, self.features[14:](c3)
+
+
 class PSPHead(nn.Module):
     """Pyramid pooling (bins 1, 2, 3, 6) + 3x3 fusion conv; returns the pre-classifier feature."""
 
@@ -119,8 +149,11 @@ class Segmentor(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
-        block = {"basic": DilatedBasicBlock, "bottleneck": Bottleneck}[cfg.block]
-        self.backbone = DilatedResNet(block, cfg.layers, cfg.width, cfg.deep_stem, cfg.output_stride)
+        if cfg.backbone == "mobilenet_v2":
+            self.backbone: nn.Module = DilatedMobileNetV2(cfg.width, cfg.output_stride)
+        else:
+            block = {"basic": DilatedBasicBlock, "bottleneck": Bottleneck}[cfg.block]
+            self.backbone = DilatedResNet(block, cfg.layers, cfg.width, cfg.deep_stem, cfg.output_stride)
         c3, c4 = self.backbone.channels
         if cfg.head == "psp":
             self.head: nn.Module = PSPHead(c4, cfg.head_channels, cfg.psp_bins)
@@ -140,12 +173,19 @@ class Segmentor(nn.Module):
         return out
 
 
-def build_segmentor(cfg: ModelConfig, num_classes: int) -> Segmentor:
+def build_segmentor(cfg: ModelConfig, num_classes: int, pretrained: bool = False) -> Segmentor:
+    """The configured network; ``pretrained`` initialises the backbone from ``cfg.pretrained``
+    (training start only: a trained model is loaded over it, see :mod:`.pretrained`)."""
+    if cfg.backbone not in ("resnet", "mobilenet_v2"):
+        raise ValueError(f"model.backbone: expected 'resnet' or 'mobilenet_v2', got {cfg.backbone!r}")
     if cfg.block not in ("basic", "bottleneck"):
         raise ValueError(f"model.block: expected 'basic' or 'bottleneck', got {cfg.block!r}")
     if cfg.head not in ("psp", "aspp"):
         raise ValueError(f"model.head: expected 'psp' or 'aspp', got {cfg.head!r}")
-    return Segmentor(cfg, num_classes)
+    model = Segmentor(cfg, num_classes)
+    if pretrained and cfg.pretrained:
+        load_backbone_weights(model.backbone, cfg)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

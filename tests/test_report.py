@@ -1,0 +1,131 @@
+"""Statistics of the report on synthetic result rows, the per-run provenance table, REPORT.md."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from idd_lib import config, report, runs
+
+MEANS = {"baseline": 50.0, "kd": 51.0, "idd": 53.0, "idd+pid": 52.5}
+
+
+def synthetic_rows(seeds=(0, 1, 2, 3, 4), spread=0.5, seed=0):
+    """Result rows with known method means plus a shared per-seed effect (so pairing matters)."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 2.0, len(seeds))
+    return [{"method": m, "seed": s, "miou": mean + shared[i] + rng.normal(0, spread), "tag": ""}
+            for m, mean in MEANS.items() for i, s in enumerate(seeds)]
+
+
+def test_mean_ci_matches_scipy_t_interval():
+    values = [48.1, 50.3, 49.7, 51.2]
+    mean, half = report.mean_ci(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert mean == pytest.approx(np.mean(values)) and half == pytest.approx((high - low) / 2)
+    assert np.isnan(report.mean_ci([3.0])[1])
+
+
+def test_summarize_tests_against_baseline_and_the_best_other_method():
+    frame = report.results_frame(synthetic_rows())
+    summary = report.summarize(frame).set_index("method")
+    by_seed = {m: g.set_index("seed")["miou"] for m, g in frame.groupby("method")}
+    assert summary.loc["baseline", "best_other"] == "idd"
+    assert summary.loc["kd", "best_other"] == "idd"
+    assert summary.loc["idd", "best_other"] == "idd+pid"     # the best method is tested against the runner-up
+    assert "delta_vs_baseline" not in summary or np.isnan(summary.loc["baseline", "delta_vs_baseline"])
+    for method in ("kd", "idd", "idd+pid"):
+        a, b = by_seed[method], by_seed["baseline"]
+        assert summary.loc[method, "delta_vs_baseline"] == pytest.approx((a - b).mean())
+        assert summary.loc[method, "p_vs_baseline"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+        best = by_seed[summary.loc[method, "best_other"]]
+        assert summary.loc[method, "p_vs_best_other"] == pytest.approx(stats.ttest_rel(a, best).pvalue)
+    # pairing removes the shared per-seed effect: the paired test sees idd > baseline clearly
+    assert summary.loc["idd", "p_vs_baseline"] < stats.ttest_ind(by_seed["idd"], by_seed["baseline"]).pvalue
+    half = stats.t.ppf(0.975, 4) * by_seed["kd"].std(ddof=1) / np.sqrt(5)
+    assert summary.loc["kd", "ci95"] == pytest.approx(half) and summary.loc["kd", "seeds"] == 5
+
+
+def test_summarize_lower_is_better_and_unpaired_seeds():
+    rows = [{"method": m, "seed": s, "miou": v, "tag": ""}
+            for m, vals in {"baseline": [0.3, 0.4, 0.35], "idd": [0.1, 0.15, 0.12]}.items()
+            for s, v in zip((0, 1, 2), vals)]
+    rows.append({"method": "kd", "seed": 7, "miou": 0.2, "tag": ""})   # no seed shared with the others
+    summary = report.summarize(report.results_frame(rows), higher_is_better=False).set_index("method")
+    assert summary.loc["baseline", "best_other"] == "idd"
+    assert summary.loc["idd", "best_other"] == "kd" and np.isnan(summary.loc["idd", "p_vs_best_other"])
+    assert np.isnan(summary.loc["kd", "p_vs_baseline"]) and np.isnan(summary.loc["kd", "std"])
+
+
+def test_seed_table_leaves_the_reference_out_of_the_tests():
+    frame = pd.DataFrame([{"network": "teacher", "seed": 0, "r2": 0.99}] +
+                         [{"network": n, "seed": s, "r2": v + 0.01 * s}
+                          for n, v in (("baseline", 0.8), ("pid", 0.9)) for s in (0, 1, 2)])
+    table = report.seed_table(frame, ["r2"], "network", test="r2", reference="teacher").set_index("network")
+    assert table.loc["pid", "r2"] == pytest.approx(0.91) and table.loc["pid", "seeds"] == 3
+    assert table.loc["pid", "r2 best_other"] == "baseline" and table.loc["baseline", "r2 best_other"] == "pid"
+    assert pd.isna(table.loc["teacher", "r2 best_other"])
+    with pytest.raises(ValueError, match="one grouping column"):
+        report.seed_table(frame, ["r2"], ["network", "seed"], test="r2")
+
+
+def test_highlight_changes_bolds_the_largest_changes():
+    table = pd.DataFrame({"a": [50.0, 51.0], "b": [40.0, 30.0], "c": [20.0, 20.5]}, index=["baseline", "idd"])
+    text = report.highlight_changes(table, top=1)
+    assert text.loc["idd", "b"].startswith("**30.0 (-10.0)") and not text.loc["idd", "a"].startswith("**")
+
+
+def _fake_run(folder: Path, method: str, seed: int, miou: float, digest: str = "abc123def456") -> dict:
+    folder.mkdir(parents=True)
+    result = {"method": method, "seed": seed, "miou": miou, "per_class_iou": [miou] * 9, "tag": "",
+              "class_names": [f"c{k}" for k in range(9)], "wall_time_s": 12.5, "config_digest": digest,
+              "run_dir": str(folder)}
+    (folder / "result.json").write_text(json.dumps(result))
+    (folder / "provenance.json").write_text(json.dumps({
+        "git": {"commit": "0123456789abcdef", "dirty": True}, "device": "cpu (test)",
+        "versions": {"python": "3.11.0", "torch": "2.14.1"}}))
+    return result
+
+
+def test_runs_table_records_config_seed_commit_versions_device_and_time(tmp_path):
+    frame = report.results_frame([_fake_run(tmp_path / "r", "idd", 2, 50.0)])
+    row = report.runs_table(frame).iloc[0]
+    assert row["config"] == "abc123def456" and row["seed"] == 2 and row["commit"] == "0123456789+dirty"
+    assert row["versions"] == "python 3.11.0, torch 2.14.1" and row["device"] == "cpu (test)"
+    assert row["wall time (s)"] == 12.5
+
+
+def test_report_embeds_every_figure_and_table(tiny_profile, monkeypatch, tmp_path):
+    monkeypatch.setitem(config.PROFILES, "tiny", tiny_profile)
+    folder = tmp_path / "results"
+    monkeypatch.setenv("IDD_RESULTS", str(folder))
+    teacher = runs.teacher_dir(tiny_profile)
+    teacher.mkdir(parents=True)
+    (teacher / "result.json").write_text(json.dumps({"miou": 60.0}))
+    for method, seed in (("baseline", 0), ("idd", 0)):
+        digest = runs.student_config(tiny_profile, method, seed).digest()
+        _fake_run(folder / "tiny" / "runs" / f"{method}-s{seed}", method, seed, 50.0, digest)
+    _fake_run(folder / "tiny" / "runs" / "idd-s0-stale", "idd", 0, 99.0)        # an earlier config's run
+    assert [r["method"] for r in report.current_results("tiny")] == ["baseline", "idd"]
+    text = report.write_report("tiny").read_text()
+    assert "idd-s0-stale" not in text and "99.00" not in text
+    figures = ("miou", "distance_heatmaps", "agreement_curves", "tsne", "position_probe", "position_sweep",
+               "synthetic_samples", "synthetic_knobs")
+    tables = ("methods", "per_class_iou", "distance_agreement", "tsne_timing", "position_probe", "position_sweep")
+    for stem in figures:
+        assert f"_missing figure: {stem} " in text
+    for stem in tables:
+        assert f"_missing: {stem}.md" in text
+    for stem in figures:
+        for suffix in (".png", ".pdf"):
+            (folder / "tiny" / "figures").mkdir(parents=True, exist_ok=True)
+            (folder / "tiny" / "figures" / f"{stem}{suffix}").write_bytes(b"x")
+    for stem in tables:
+        report.write_table(pd.DataFrame({"x": [1]}), folder / "tiny" / "tables" / stem)
+    text = report.write_report("tiny").read_text()
+    assert "_missing" not in text
+    for stem in figures:
+        assert f"(figures/{stem}.png)" in text and f"(figures/{stem}.pdf)" in text
+    assert "0123456789+dirty" in text and "reduced size" in text.lower()
