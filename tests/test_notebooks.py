@@ -95,3 +95,14 @@ def test_help_notebook_lists_typed_parameters():
     out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook",
                           str(ROOT / "notebooks" / "02_distill.ipynb")], capture_output=True, text=True).stdout
     assert "method: str (default \"idd\")" in out and "seed: int (default 0)" in out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_help_notebook_lists_every_declared_parameter(path):
+    """papermill silently drops a parameter whose help text it cannot parse (e.g. one holding '=')."""
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    declared = [line.split(":")[0] for line in cell.source.splitlines() if line.strip()]
+    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(path)],
+                         capture_output=True, text=True).stdout
+    listed = [name for name in declared if f"  {name}: " in out]
+    assert listed == declared, f"{path.name}: papermill --help-notebook misses {sorted(set(declared) - set(listed))}"
