@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from idd_lib.config import DataConfig, ModelConfig, Profile, TrainConfig
 from idd_lib.data.synthetic import SyntheticConfig
@@ -37,3 +38,12 @@ def tiny_profile() -> Profile:
 def with_iterations(profile: Profile, iterations: int, **train) -> Profile:
     return dataclasses.replace(profile, student_train=dataclasses.replace(profile.student_train,
                                                                           iterations=iterations, **train))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors on 2 shared cores: one intra-op thread avoids OpenMP spin-waiting under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,13 +19,7 @@ PRESETS = {"paper-cityscapes": "cityscapes", "paper-cityscapes-a": "cityscapes",
            "paper-ade20k": "ade20k"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on 2 shared cores: one intra-op thread avoids OpenMP spin-waiting under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- architectures

@@ -13,13 +13,7 @@ from idd_lib.data.validation import DatasetError
 from layout_fixtures import H, W, MAKERS, make_ade20k, make_folder, make_voc
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on 2 shared cores: one intra-op thread avoids OpenMP spin-waiting under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(dataset, root, **kw):

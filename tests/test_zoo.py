@@ -22,13 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_MEMORY = CIRKDConfig(pixel_memory=64, region_memory=8, pixel_contrast=16, region_contrast=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on 2 shared cores: one intra-op thread avoids OpenMP spin-waiting under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _labels(b=3, h=8, w=12, seed=0):
