@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from . import distributed
 from .config import AdversarialConfig
 
 
@@ -148,6 +149,7 @@ class HolisticAdversarialLoss(nn.Module):
             loss = self.cfg.d_weight * loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.discriminator.parameters())  # one discriminator on every rank
         self.optimizer.step()
         return {"d": loss.detach()}
 

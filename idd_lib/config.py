@@ -85,6 +85,9 @@ class TrainConfig:
     checkpoint_every: int = 0             # 0: checkpoint at the end only
     log_every: int = 10
     amp: bool = True                      # bf16 autocast, CUDA only
+    channels_last: bool = True            # NHWC tensors and weights, CUDA only
+    compile: bool = False                 # torch.compile the student step's network
+    sync_bn: bool = True                  # SyncBatchNorm across DDP ranks (CUDA; PyTorch has none for CPU)
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     seed: int = 0
     eval: EvalConfig = field(default_factory=EvalConfig)

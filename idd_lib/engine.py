@@ -1,7 +1,9 @@
 """One training loop for the teacher and every distillation method, and the evaluator.
 
-``train`` is device-agnostic (CUDA when present, else CPU), uses bf16 autocast on CUDA, SGD with
-the poly schedule, logs JSON lines, checkpoints atomically and resumes from its last checkpoint.
+``train`` is device-agnostic (CUDA when present, else CPU), uses bf16 autocast, channels_last and
+optionally ``torch.compile`` on CUDA, SGD with the poly schedule, logs JSON lines, checkpoints
+atomically and resumes from its last checkpoint. Under ``torchrun`` the same loop runs data-parallel
+(:mod:`idd_lib.distributed`): DDP, rank-sharded batches, metrics reduced over ranks, rank 0 writes.
 Which losses run is decided by the method registry (:mod:`idd_lib.losses`), never here.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pickle
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +27,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 from tqdm import tqdm
 
+from . import distributed
 from .config import EvalConfig, RunConfig
 from .data.datasets import IGNORE_INDEX, build_dataset, dataset_spec, eval_loader, train_loader
 from .losses import DistillationCriterion
@@ -147,6 +151,29 @@ def _restore_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
+def training_step(network: nn.Module, teacher: nn.Module | None, criterion: DistillationCriterion,
+                  optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+                  amp: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One step of the student (then of the terms with their own optimiser, e.g. the discriminator,
+    on the same outputs). Returns the total loss and the terms' values as tensors: nothing here
+    reads a value back to the host."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        student_out = network(images)
+        teacher_out = None
+        if criterion.needs_teacher:
+            # no_grad, not inference_mode: the losses save teacher tensors for the student's backward
+            with torch.no_grad():
+                teacher_out = teacher(images)
+        loss, values = criterion(student_out, teacher_out, labels, images)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if distributed.active():  # DDP averages the network's gradients, this the terms' own parameters'
+        distributed.average_gradients(criterion.student_parameters())
+    optimizer.step()
+    values.update(criterion.update(student_out, teacher_out, labels, images))
+    return loss, values
+
+
 def load_model(run_dir: Path, cfg: RunConfig, device: torch.device | str = "cpu") -> Segmentor:
     """The final network of a finished run, checked against the config it should match."""
     num_classes = dataset_spec(cfg.data).num_classes
@@ -170,8 +197,9 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
           on_evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` (distilling from ``teacher`` when the method needs one) into ``run_dir``.
 
-    Writes config.json, provenance.json, metrics.jsonl, checkpoint.pt, model.pt and result.json.
-    A finished run (result.json present) is returned as is; an interrupted one resumes.
+    Writes config.json, provenance.json, metrics.jsonl, checkpoint.pt, model.pt and result.json
+    (rank 0 only under DDP; every rank returns the result). A finished run (result.json present) is
+    returned as is; an interrupted one resumes.
     ``on_evaluate(model)`` runs at every validation (and at step 0 when ``eval_every`` is set);
     its numbers join that validation row and, at the end, the result - e.g. the agreement with
     the teacher's distance matrix (:class:`idd_lib.analysis.TeacherAgreement`).
@@ -181,8 +209,15 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     if (run_dir / RESULT).exists() and resume:
         return json.loads((run_dir / RESULT).read_text())
     started = time.time()
+    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
     device = resolve_device(cfg.train.device)
-    amp = cfg.train.amp and device.type == "cuda"
+    if world > 1 and device.type == "cuda":
+        device = distributed.device()
+    cuda = device.type == "cuda"
+    amp = cfg.train.amp and cuda
+    memory_format = torch.channels_last if cfg.train.channels_last and cuda else torch.contiguous_format
+    torch.backends.cudnn.benchmark = cuda  # fixed training crops: the autotuned kernels are reused
+    # every rank draws the same random numbers (dropout, CIRKD's queue keys), so replicated state stays equal
     seed_everything(cfg.train.seed)
     spec = dataset_spec(cfg.data)
     train_set = build_dataset(cfg.data, "train", train=True, seed=cfg.train.seed)
@@ -191,11 +226,20 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     check_eval_config(cfg.train.eval)
     # ImageNet initialisation only for a fresh start: a resumed run loads its own weights
     fresh = not (resume and (run_dir / CHECKPOINT).exists())
-    model = build_segmentor(cfg.model, spec.num_classes, pretrained=fresh).to(device)
+    model = build_segmentor(cfg.model, spec.num_classes, pretrained=fresh).to(device, memory_format=memory_format)
     teacher_channels = teacher.feature_channels if teacher is not None else None
     criterion = DistillationCriterion(cfg.loss, spec.num_classes, model.feature_channels, teacher_channels).to(device)
     if criterion.needs_teacher:
-        teacher = teacher.to(device).eval().requires_grad_(False)
+        # eval mode: the teacher returns only what the losses read ("out", "feat"; no auxiliary head)
+        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
+    if world > 1 and cfg.train.sync_bn and not cuda and main:
+        warnings.warn("train.sync_bn: PyTorch's SyncBatchNorm needs CUDA; this CPU (gloo) run keeps "
+                      "per-process BatchNorm statistics", stacklevel=2)
+    network = distributed.wrap(model, cfg.train.sync_bn and cuda)
+    teacher_net = teacher
+    if cfg.train.compile:
+        network = torch.compile(network)
+        teacher_net = torch.compile(teacher) if criterion.needs_teacher else teacher
     # terms that train modules with their own optimiser (the adversarial discriminator) keep them out
     params = [p for p in (*model.parameters(), *criterion.student_parameters()) if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
@@ -215,26 +259,30 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
         rng_state = state["rng"]
         step = state["step"]
         started -= state.get("elapsed", 0.0)
-        _drop_rows_after(run_dir / METRICS, step, final=step == total)
-        _update_provenance(run_dir, resumed_at=step)
-    else:
+        if main:
+            _drop_rows_after(run_dir / METRICS, step, final=step == total)
+            _update_provenance(run_dir, resumed_at=step)
+    elif main:
         (run_dir / METRICS).unlink(missing_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str))
-        atomic_write_text(run_dir / "provenance.json",
-                          json.dumps({**provenance(device), "seed": cfg.train.seed}, indent=2))
+        atomic_write_text(run_dir / "provenance.json", json.dumps(
+            {**provenance(device), "seed": cfg.train.seed, "processes": world}, indent=2))
 
     def save_checkpoint() -> None:
+        if not main:
+            return
         atomic_save({"model": model.state_dict(), "criterion": criterion.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "rng": _rng_state(), "step": step, "elapsed": time.time() - started}, checkpoint)
 
-    pin = device.type == "cuda"
-    loader = train_loader(train_set, cfg.data, total, cfg.train.seed, start_step=step, pin_memory=pin)
-    val = eval_loader(val_set, cfg.data, pin_memory=pin)
+    loader = train_loader(train_set, cfg.data, total, cfg.train.seed, start_step=step, pin_memory=cuda,
+                          rank=rank, world=world)
+    val = eval_loader(val_set, cfg.data, pin_memory=cuda, rank=rank, world=world)
     model.train()
     criterion.train()
-    log = (run_dir / METRICS).open("a")
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"{cfg.loss.method} s{cfg.train.seed}",
+    # only rank 0 writes the log (the others write to the null device, one code path)
+    log = (run_dir / METRICS).open("a") if main else open(os.devnull, "w")
+    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=f"{cfg.loss.method} s{cfg.train.seed}",
                file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
     last_values: dict[str, float] = {}
 
@@ -252,29 +300,20 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     if rng_state is not None:  # only now: creating the data iterator draws from the global RNG
         _restore_rng(rng_state)
     for images, labels in batches:
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            student_out = model(images)
-            teacher_out = None
-            if criterion.needs_teacher:
-                with torch.no_grad():
-                    teacher_out = teacher(images)
-            loss, values = criterion(student_out, teacher_out, labels, images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, values = training_step(network, teacher_net, criterion, optimizer, images, labels, amp)
         scheduler.step()
-        # terms with their own optimiser (the discriminator) step after the student, on the same outputs
-        values.update(criterion.update(student_out, teacher_out, labels, images))
         step += 1
         bar.update(1)
         # Reading a value forces a host sync: on CUDA only at log/checkpoint steps.
         must_log = step % cfg.train.log_every == 0 or step == total
         must_save = cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
-        if must_log or must_save or device.type == "cpu":
-            last_values = {name: float(v.detach()) for name, v in values.items()}
-            last_values["total"] = float(loss.detach())
+        if must_log or must_save or not cuda:
+            # one all-reduce: every rank logs, and stops on, the same mean values
+            names = [*values, "total"]
+            means = distributed.average(torch.stack([v.detach().float() for v in (*values.values(), loss)]))
+            last_values = dict(zip(names, means.tolist()))
             bad = [n for n, v in last_values.items() if not math.isfinite(v)]
             if bad:
                 log.close()
@@ -298,11 +337,19 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     log.write(json.dumps({"step": step, "split": "val", **metrics}) + "\n")
     log.close()
     save_checkpoint()
-    atomic_save(model.state_dict(), run_dir / MODEL)
-    _update_provenance(run_dir, finished=_now())
     result = {"method": cfg.loss.method, "seed": cfg.train.seed, "steps": step, **metrics,
               "class_names": list(spec.class_names), "weights": criterion.weights,
               "wall_time_s": time.time() - started, "config_digest": cfg.digest(),
               "run_dir": str(run_dir), **(extra or {})}
-    atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2))
+    if world > 1:
+        result["processes"] = world
+        result["replicas_in_sync"] = distributed.replicas_agree([*model.parameters(), *criterion.parameters()])
+        if not result["replicas_in_sync"] and main:
+            warnings.warn(f"{run_dir}: the {world} processes ended with different weights; model.pt is rank 0's",
+                          stacklevel=2)
+    if main:
+        atomic_save(model.state_dict(), run_dir / MODEL)
+        _update_provenance(run_dir, finished=_now())
+        atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2))
+    distributed.barrier()  # the other ranks may read model.pt next (a teacher for the students)
     return result

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .adversarial import HolisticAdversarialLoss
 from .config import CIRKDConfig, CWDConfig, IDDConfig, KDConfig, LossConfig, PairwiseConfig, PIDConfig
 
@@ -469,7 +470,10 @@ class CrossImageMemoryLoss(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, f_t: torch.Tensor, labels: torch.Tensor) -> None:
-        """Push normalised teacher pixels and class means of the batch (labels at feature size)."""
+        """Push normalised teacher pixels and class means of the batch (labels at feature size).
+        Under DDP the whole global batch is pushed on every rank (CIRKD's concat_all_gather), so
+        the queues stay identical across ranks."""
+        f_t, labels = distributed.gather(f_t), distributed.gather(labels)
         b, c, h, w = f_t.shape
         k = self.num_classes
         weights = class_weights(labels, k, (h, w))

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .analysis import TeacherAgreement
-from .config import LossConfig, Profile, RunConfig, apply_overrides, get_profile
+from .config import PROFILES, LossConfig, Profile, RunConfig, apply_overrides, get_profile
 from .data.datasets import build_dataset, dataset_spec
 from .engine import RESULT, load_model, train
 from .losses import get_method, method_weights
@@ -24,11 +27,33 @@ def teacher_dir(profile: Profile) -> Path:
     return cache_root() / "teachers" / f"teacher-{profile.teacher_config().digest()}"
 
 
-def ensure_teacher(profile: Profile | str, progress: bool = True) -> tuple[Segmentor, dict[str, Any]]:
-    """Train the profile's teacher once (cached by its config digest) and return it with its result."""
+def launch_torchrun(profile: Profile, nproc: int, arguments: list[str]) -> None:
+    """Run :mod:`idd_lib.launch` data-parallel in ``nproc`` local processes (``torchrun --standalone``);
+    its output is echoed when it ends, and a failure raises with the launcher's error line."""
+    if nproc < 1:
+        raise ValueError(f"nproc: expected a number of processes >= 1, got {nproc}")
+    if PROFILES.get(profile.name) != profile:
+        raise ValueError(f"nproc: data-parallel runs start from a registered profile ({sorted(PROFILES)}); "
+                         f"{profile.name!r} is not one (set options instead of editing the profile)")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "idd_lib.launch", "--profile", profile.name, "--no-progress", *arguments]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr[-4000:])
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or ["(no error output)"]
+        reason = next((line for line in lines if line.startswith("error:")), lines[-1])
+        raise RuntimeError(f"torchrun with {nproc} processes failed (exit {done.returncode}): {reason}")
+
+
+def ensure_teacher(profile: Profile | str, progress: bool = True, nproc: int = 1) -> tuple[Segmentor, dict[str, Any]]:
+    """Train the profile's teacher once (cached by its config digest) and return it with its result;
+    ``nproc`` > 1 trains it data-parallel in that many processes (torchrun)."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     cfg = profile.teacher_config()
     folder = teacher_dir(profile)
+    if nproc > 1 and not (folder / RESULT).exists() and not distributed.active():
+        launch_torchrun(profile, nproc, ["--method", "teacher"])
     result = train(cfg, folder, progress=progress, extra={"role": "teacher", "profile": profile.name})
     return load_model(folder, cfg), result
 
@@ -56,12 +81,18 @@ def run_dir(profile: Profile, cfg: RunConfig, tag: str = "") -> Path:
 
 
 def run_student(profile: Profile | str, method: str, seed: int = 0, weights: dict[str, float] | None = None,
-                options: dict[str, str] | None = None, tag: str = "", progress: bool = True) -> dict[str, Any]:
-    """Train one student of ``profile`` with ``method`` (teacher trained first if not cached)."""
+                options: dict[str, str] | None = None, tag: str = "", progress: bool = True,
+                nproc: int = 1) -> dict[str, Any]:
+    """Train one student of ``profile`` with ``method`` (teacher trained first if not cached);
+    ``nproc`` > 1 trains both data-parallel in that many local processes (torchrun)."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     cfg = student_config(profile, method, seed, weights, options)
     tag = tag or override_tag(weights, options)
     folder = run_dir(profile, cfg, tag)
+    if nproc > 1 and not (folder / RESULT).exists() and not distributed.active():
+        launch_torchrun(profile, nproc, ["--method", method, "--seed", str(seed), "--tag", tag,
+                                         "--weights", ",".join(f"{k}={v}" for k, v in (weights or {}).items()),
+                                         "--options", ",".join(f"{k}={v}" for k, v in (options or {}).items())])
     if (folder / RESULT).exists():
         return json.loads((folder / RESULT).read_text())
     # Every method gets the teacher: it is also the reference of the agreement-over-training curve.

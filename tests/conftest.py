@@ -13,6 +13,15 @@ def shared_results(tmp_path_factory):
     return tmp_path_factory.mktemp("shared_results")
 
 
+@pytest.fixture(scope="session")
+def quick_study(shared_results):
+    """The quick profile's whole study, run once (every notebook through papermill)."""
+    from idd_lib import study
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IDD_RESULTS", str(shared_results))
+        return study.run_study("quick").parent
+
+
 @pytest.fixture(autouse=True)
 def isolated_results(request, tmp_path_factory, monkeypatch):
     """Every test writes under its own results folder, never the user's results/; tests that

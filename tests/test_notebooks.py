@@ -17,13 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-@pytest.fixture(scope="module")
-def quick_study(shared_results):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IDD_RESULTS", str(shared_results))
-        return study.run_study("quick").parent
-
-
 def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell():
     assert len(NOTEBOOKS) == 8
     for path in NOTEBOOKS:

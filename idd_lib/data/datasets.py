@@ -171,12 +171,21 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, seed: int = 0) -> Se
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches for steps ``start..total-1``: a fresh seeded permutation per epoch, last partial batch
-    dropped. Yields ``(index, epoch)`` keys, so resuming at step s reproduces the same batches."""
+    dropped. Yields ``(index, epoch)`` keys, so resuming at step s reproduces the same batches.
 
-    def __init__(self, num_samples: int, batch_size: int, total_steps: int, seed: int, start_step: int = 0):
+    Under DDP (``world`` > 1) ``batch_size`` is the global batch and rank ``r`` gets its entries
+    ``r, r + world, ...``: the ranks together see exactly the single-process batches. (torch's
+    DistributedSampler shards per epoch, not per step, and keeps no step position to resume at.)
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, total_steps: int, seed: int, start_step: int = 0,
+                 rank: int = 0, world: int = 1):
         if num_samples < batch_size:
             raise ValueError(f"data.batch_size: {batch_size} is larger than the training set ({num_samples} images)")
+        if batch_size % world:
+            raise ValueError(f"data.batch_size: the global batch {batch_size} does not divide over {world} processes")
         self.n, self.batch, self.total, self.seed, self.start = num_samples, batch_size, total_steps, seed, start_step
+        self.rank, self.world = rank, world
         self.steps_per_epoch = num_samples // batch_size
 
     def __len__(self) -> int:
@@ -189,16 +198,21 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             if epoch != perm_epoch:
                 perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
                 perm_epoch = epoch
-            yield [(int(i), epoch) for i in perm[offset * self.batch:(offset + 1) * self.batch]]
+            batch = perm[offset * self.batch:(offset + 1) * self.batch]
+            yield [(int(i), epoch) for i in batch[self.rank::self.world]]
 
 
 def train_loader(dataset: SegmentationDataset, cfg: DataConfig, total_steps: int, seed: int, start_step: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, total_steps, seed, start_step)
+                 pin_memory: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
+    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, total_steps, seed, start_step, rank, world)
+    # one pass over every step: persistent workers would gain nothing
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None)
+                      prefetch_factor=4 if cfg.num_workers else None)
 
 
-def eval_loader(dataset: SegmentationDataset, cfg: DataConfig, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
-                      pin_memory=pin_memory)
+def eval_loader(dataset: SegmentationDataset, cfg: DataConfig, pin_memory: bool = False,
+                rank: int = 0, world: int = 1) -> DataLoader:
+    """Rank ``r`` of ``world`` evaluates images ``r, r + world, ...``: no image twice, unlike a
+    padded DistributedSampler, so the mIoU summed over ranks is the single-process one."""
+    return DataLoader(dataset, batch_size=cfg.eval_batch_size, sampler=range(rank, len(dataset), world),
+                      num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0)

@@ -1,0 +1,61 @@
+"""Train one run of a profile from the command line; the entry point ``torchrun`` starts per rank.
+
+    python -m idd_lib.launch --profile quick --method idd --seed 0
+    torchrun --standalone --nproc_per_node 2 -m idd_lib.launch --profile quick --method idd
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29400 \\
+        -m idd_lib.launch --profile paper-cityscapes --method idd --options "data.root=/data/cityscapes"
+
+``--method teacher`` trains only the profile's teacher; a student run trains the teacher first when
+it is not cached (data-parallel too). Rank 0 prints the result's summary as one JSON line. Every
+node must see the same results folder (``$IDD_RESULTS``): rank 0 writes it, the others read
+the teacher from it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch.distributed as dist
+
+from . import distributed
+from .config import get_profile, parse_assignments, parse_weights
+
+SUMMARY_KEYS = ("method", "seed", "steps", "miou", "wall_time_s", "run_dir")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--method", default="idd", help="a registered method, or 'teacher'")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", default="", help='loss-weight overrides, e.g. "idd=10,kd=1"')
+    parser.add_argument("--options", default="", help='config overrides, e.g. "train.iterations=100"')
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from . import runs  # after argument parsing: --help stays fast
+
+    distributed.init_from_env()
+    main = distributed.is_main()
+    try:
+        profile = get_profile(args.profile)
+        if args.method == "teacher":
+            result = runs.ensure_teacher(profile, not args.no_progress)[1]
+        else:
+            result = runs.run_student(profile, args.method, args.seed, parse_weights(args.weights),
+                                      parse_assignments(args.options, "options"), args.tag, not args.no_progress)
+    except (ValueError, FileNotFoundError) as err:
+        if main:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if main:
+        print(json.dumps({key: result.get(key) for key in SUMMARY_KEYS}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
