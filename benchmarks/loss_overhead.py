@@ -1,12 +1,13 @@
 """Cost of each distillation loss term as a share of the student's training step.
 
 Prints a table and writes JSON (``--out``). For each term in the registry: forward+backward time
-of the term alone on real output shapes, divided by the time of one student step (student
-forward/backward/SGD on the same batch, teacher forward included when distilling). Timings are
-medians over repeats inside one run, so the ratios are comparable on a noisy machine.
+of the term alone on real output shapes, divided by the time of the networks-only training step
+(:func:`idd_lib.engine.training_step`: teacher forward, student forward/backward with cross-entropy,
+SGD). Timings are medians of interleaved rounds inside one run, so the ratios are comparable on a
+noisy machine.
 
     .venv/bin/python benchmarks/loss_overhead.py --profile default          # CPU, default sizes
-    .venv/bin/python benchmarks/loss_overhead.py --profile default --device cuda
+    .venv/bin/python benchmarks/loss_overhead.py --profile paper-cityscapes  # GPU, paper sizes
 """
 from __future__ import annotations
 
@@ -20,23 +21,20 @@ import torch
 
 from idd_lib.config import LossConfig, get_profile
 from idd_lib.data.datasets import dataset_spec
-from idd_lib.engine import resolve_device
+from idd_lib.engine import resolve_device, training_step
 from idd_lib.provenance import device_name
 from idd_lib.losses import TERM_BUILDERS, DistillationCriterion
 from idd_lib.models import build_segmentor
 
 
-def _timed(fn, device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])  # first two are warm-up
+def _timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -49,54 +47,57 @@ def main() -> None:
     torch.manual_seed(0)
     profile = get_profile(args.profile)
     device = resolve_device(args.device)
-    spec = dataset_spec(profile.data)
-    k = spec.num_classes
+    amp = device.type == "cuda"  # the training loop's bf16 autocast
+    k = dataset_spec(profile.data).num_classes
     h, w = profile.data.crop_size or (profile.data.synthetic.height, profile.data.synthetic.width)
-    images = torch.randn(profile.data.batch_size, 3, h, w, device=device)
-    labels = torch.randint(0, k, (profile.data.batch_size, h, w), device=device)
-    labels[:, :2] = 255
+    batch = profile.data.batch_size
+    images = torch.randn(batch, 3, h, w, device=device)
+    labels = torch.randint(0, k, (batch, h, w), device=device)
+    labels[:, :8] = 255
     student = build_segmentor(profile.student, k).to(device).train()
     teacher = build_segmentor(profile.teacher, k).to(device).eval().requires_grad_(False)
+    # the networks-only step: teacher forward + student forward/backward with cross-entropy + SGD
+    networks = DistillationCriterion(LossConfig("baseline"), k, student.feature_channels,
+                                     teacher.feature_channels).to(device)
+    networks.needs_teacher = True
     optimizer = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         teacher_out = teacher(images)
-
-    def student_step(with_teacher: bool):
-        if with_teacher:
-            with torch.no_grad():
-                teacher(images)
-        out = student(images)
-        loss = torch.nn.functional.cross_entropy(
-            torch.nn.functional.interpolate(out["out"], size=(h, w), mode="bilinear"), labels, ignore_index=255)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step_alone = _timed(lambda: student_step(False), device, args.repeats)
-    step_distill = _timed(lambda: student_step(True), device, args.repeats)
-    rows = []
-    for term in sorted(TERM_BUILDERS):
+        student_out = {name: v.detach().requires_grad_() for name, v in student(images).items()}
+    terms = {}
+    for term in sorted(set(TERM_BUILDERS) - {"ce"}):
         criterion = DistillationCriterion(LossConfig("baseline", weights=((term, 1.0),)), k,
                                           student.feature_channels, teacher.feature_channels).to(device)
-        criterion.terms = torch.nn.ModuleDict({term: criterion.terms[term]})
-        student_out = {name: v.detach().requires_grad_() for name, v in student(images).items()}
+        terms[term] = criterion.terms[term]
 
-        def term_step():
-            value = criterion.terms[term](student_out, teacher_out, labels)
-            value.backward()
+    def term_step(term):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            value = term(student_out, teacher_out, labels, images=images) if getattr(term, "uses_images", False) \
+                else term(student_out, teacher_out, labels)
+        value.backward()
 
-        seconds = _timed(term_step, device, args.repeats)
-        rows.append({"term": term, "ms": seconds * 1e3, "share_of_distill_step": seconds / step_distill})
-    idd_pid = sum(r["ms"] for r in rows if r["term"] in ("idd", "pid")) / 1e3
-    summary = {"profile": profile.name, "device": device_name(device), "batch": profile.data.batch_size,
-               "image": [h, w], "student_step_ms": step_alone * 1e3, "distill_step_ms": step_distill * 1e3,
-               "terms": rows, "idd_plus_pid_share": idd_pid / (step_distill + idd_pid)}
-    print(f"device: {summary['device']}  profile: {profile.name}  batch {profile.data.batch_size} x {h}x{w}")
-    print(f"student step {step_alone * 1e3:.1f} ms; with teacher forward {step_distill * 1e3:.1f} ms")
+    def step():
+        training_step(student, teacher, networks, optimizer, images, labels, amp)
+
+    # interleaved rounds, medians: the machine's drift hits every measurement alike
+    times: dict[str, list[float]] = {"step": [], **{t: [] for t in terms}}
+    for _ in range(args.repeats + 2):
+        times["step"].append(_timed(step, device))
+        for name, term in terms.items():
+            times[name].append(_timed(lambda: term_step(term), device))
+    median = {name: statistics.median(values[2:]) for name, values in times.items()}  # two warm-up rounds
+    step_s = median.pop("step")
+    rows = [{"term": t, "ms": s * 1e3, "share_of_step": s / step_s} for t, s in median.items()]
+    idd_pid = median["idd"] + median["pid"]
+    summary = {"profile": profile.name, "device": device_name(device), "batch": batch, "image": [h, w],
+               "amp": amp, "networks_step_ms": step_s * 1e3, "terms": rows,
+               "idd_plus_pid_share": idd_pid / (step_s + idd_pid)}
+    print(f"device: {summary['device']}  profile: {profile.name}  batch {batch} x {h}x{w}  bf16: {amp}")
+    print(f"networks-only step (teacher fwd + student fwd/bwd + SGD): {step_s * 1e3:.1f} ms")
     print(f"{'term':<10}{'ms':>9}{'share':>9}")
     for row in rows:
-        print(f"{row['term']:<10}{row['ms']:>9.2f}{row['share_of_distill_step']:>9.1%}")
-    print(f"IDD + PID share of a distillation step: {summary['idd_plus_pid_share']:.1%}")
+        print(f"{row['term']:<10}{row['ms']:>9.2f}{row['share_of_step']:>9.1%}")
+    print(f"IDD + PID share of an IDD+PID step: {summary['idd_plus_pid_share']:.1%}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
 

@@ -1,0 +1,45 @@
+"""The benchmark scripts run end to end on tiny sizes and write the JSON the README summarises
+(their figures are measured by running them, never asserted here)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **os.environ})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_step_throughput_writes_every_variant(tmp_path):
+    out = tmp_path / "steps.json"
+    _run("step_throughput.py", "--profile", "quick", "--device", "cpu", "--batch", "2", "--steps", "1",
+         "--warmup", "0", "--variants", "fp32-eager,bf16,networks-only", "--out", str(out))
+    summary = json.loads(out.read_text())
+    assert [r["variant"] for r in summary["variants"]] == ["fp32-eager", "bf16", "networks-only"]
+    assert all(r["images_per_s"] > 0 and r["peak_memory_gib"] is None for r in summary["variants"])
+    assert summary["batch"] == 2 and summary["best_vs_fp32_eager"] > 0 and summary["best_vs_networks_only"] > 0
+
+
+@pytest.mark.slow
+def test_loss_overhead_times_every_distillation_term(tmp_path):
+    from idd_lib.losses import TERM_BUILDERS
+    out = tmp_path / "terms.json"
+    _run("loss_overhead.py", "--profile", "quick", "--device", "cpu", "--repeats", "1", "--out", str(out))
+    summary = json.loads(out.read_text())
+    assert sorted(r["term"] for r in summary["terms"]) == sorted(set(TERM_BUILDERS) - {"ce"})
+    assert summary["networks_step_ms"] > 0 and 0 < summary["idd_plus_pid_share"] < 1
+
+
+def test_unknown_variant_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), "--variants", "fast",
+                           "--profile", "quick", "--device", "cpu", "--out", str(tmp_path / "x.json")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("--variants: unknown variant 'fast'")
