@@ -70,3 +70,16 @@ def test_teacher_checkpoint_for_other_classes_is_a_clear_error(tiny_profile, tmp
         engine.load_model(tmp_path, cfg)
     with pytest.raises(FileNotFoundError, match="no trained model"):
         engine.load_model(tmp_path / "nowhere", cfg)
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_a_plain_model_close_to_eager(tiny_profile, one_thread):
+    """train.compile wraps the networks for the step only: model.pt has the plain module's keys."""
+    eager = runs.run_student(tiny_profile, "idd+pid", seed=0, progress=False)
+    compiled = runs.run_student(tiny_profile, "idd+pid", seed=0, options={"train.compile": "true"}, progress=False)
+    assert compiled["run_dir"] != eager["run_dir"]
+    cfg = runs.student_config(tiny_profile, "idd+pid", 0, options={"train.compile": "true"})
+    engine.load_model(compiled["run_dir"], cfg)  # raises on "_orig_mod." keys
+    losses = [[r["loss/total"] for r in runs.read_metrics(run["run_dir"]) if "loss/total" in r]
+              for run in (eager, compiled)]
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)  # fused kernels round differently, same run
