@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from idd_lib.config import LossConfig, get_profile
+from _common import add_size_arguments, sized_profile
+from idd_lib.config import LossConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
 from idd_lib.provenance import device_name
@@ -39,13 +40,13 @@ def _timed(fn, device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="default")
+    add_size_arguments(parser, "default")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default="benchmarks/results/loss_overhead.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    profile = get_profile(args.profile)
+    profile = sized_profile(args)
     device = resolve_device(args.device)
     amp = device.type == "cuda"  # the training loop's bf16 autocast
     k = dataset_spec(profile.data).num_classes

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from idd_lib.config import LossConfig, get_profile
+from _common import add_size_arguments, sized_profile
+from idd_lib.config import LossConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
 from idd_lib.losses import DistillationCriterion
@@ -88,24 +89,17 @@ def measure(profile, method: str, variant: Variant, device: torch.device, steps:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="paper-cityscapes")
+    add_size_arguments(parser, "paper-cityscapes")
     parser.add_argument("--method", default="idd+pid")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--variants", default="", help="comma-separated; default: all on CUDA, fp32 ones on CPU")
-    parser.add_argument("--batch", type=int, default=0, help="override the profile's batch")
-    parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/step_throughput.json")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    profile = get_profile(args.profile)
+    profile = sized_profile(args)
     data = profile.data
-    if args.batch:
-        data = dataclasses.replace(data, batch_size=args.batch)
-    if args.crop:
-        data = dataclasses.replace(data, crop_size=tuple(args.crop))
-    profile = dataclasses.replace(profile, data=data)
     names = [v for v in args.variants.split(",") if v] or list(GPU_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
     best = Variant(True, True, True) if device.type == "cuda" else Variant(False, False, False)
     rows = []

@@ -90,3 +90,7 @@ def test_torchrun_two_gloo_processes_match_the_single_process_run(quick_study, t
     # DDP really trained: far from the untrained start
     assert ddp["miou"] > ddp_val[0]["miou"] + 10
     assert not any(p.name.startswith(".") for p in Path(ddp["run_dir"]).iterdir())
+    # a failing rank stops the launch with the launcher's one-line reason
+    with pytest.raises(RuntimeError, match=r"torchrun with 2 processes failed \(exit \d+\): error: data.batch_size: "
+                                           r"the global batch 7 does not divide over 2 processes"):
+        runs.run_student("quick", "idd", options={"data.batch_size": "7"}, progress=False, nproc=2)

@@ -1,0 +1,24 @@
+"""Arguments shared by the benchmark scripts: the profile and its batch/crop overrides."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from idd_lib.config import Profile, get_profile
+
+
+def add_size_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
+    parser.add_argument("--profile", default=profile)
+    parser.add_argument("--batch", type=int, default=0, help="override the profile's batch")
+    parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="override the profile's crop")
+
+
+def sized_profile(args: argparse.Namespace) -> Profile:
+    profile = get_profile(args.profile)
+    data = profile.data
+    if args.batch:
+        data = dataclasses.replace(data, batch_size=args.batch)
+    if args.crop:
+        data = dataclasses.replace(data, crop_size=tuple(args.crop))
+    return dataclasses.replace(profile, data=data)
