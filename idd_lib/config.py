@@ -86,7 +86,7 @@ class TrainConfig:
     log_every: int = 10
     amp: bool = True                      # bf16 autocast, CUDA only
     channels_last: bool = True            # NHWC tensors and weights, CUDA only
-    compile: bool = False                 # torch.compile the student step's network
+    compile: bool = False                 # torch.compile the student and the teacher
     sync_bn: bool = True                  # SyncBatchNorm across DDP ranks (CUDA; PyTorch has none for CPU)
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     seed: int = 0

@@ -117,6 +117,3 @@ def wrap(model: nn.Module, sync_bn: bool) -> nn.Module:
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
