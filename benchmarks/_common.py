@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from idd_lib.config import Profile, get_profile
+from idd_lib.config import DataConfig, Profile, get_profile
 
 
 def add_size_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
@@ -12,6 +12,11 @@ def add_size_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
     parser.add_argument("--batch", type=int, default=0, help="override the profile's batch")
     parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="override the profile's crop")
+
+
+def image_size(data: DataConfig) -> tuple[int, int]:
+    """The benchmarked (h, w): the training crop, else the whole synthetic image."""
+    return tuple(data.crop_size or (data.synthetic.height, data.synthetic.width))
 
 
 def sized_profile(args: argparse.Namespace) -> Profile:

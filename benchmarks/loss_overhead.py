@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from _common import add_size_arguments, sized_profile
+from _common import add_size_arguments, image_size, sized_profile
 from idd_lib.config import LossConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
@@ -50,7 +50,7 @@ def main() -> None:
     device = resolve_device(args.device)
     amp = device.type == "cuda"  # the training loop's bf16 autocast
     k = dataset_spec(profile.data).num_classes
-    h, w = profile.data.crop_size or (profile.data.synthetic.height, profile.data.synthetic.width)
+    h, w = image_size(profile.data)
     batch = profile.data.batch_size
     images = torch.randn(batch, 3, h, w, device=device)
     labels = torch.randint(0, k, (batch, h, w), device=device)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _common import add_size_arguments, sized_profile
+from _common import add_size_arguments, image_size, sized_profile
 from idd_lib.config import LossConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
@@ -57,7 +57,7 @@ def variant_settings(name: str, best: Variant) -> Variant:
 def measure(profile, method: str, variant: Variant, device: torch.device, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
     k = dataset_spec(profile.data).num_classes
-    h, w = profile.data.crop_size or (profile.data.synthetic.height, profile.data.synthetic.width)
+    h, w = image_size(profile.data)
     batch = profile.data.batch_size
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     student = build_segmentor(profile.student, k).to(device, memory_format=fmt).train()
@@ -113,7 +113,7 @@ def main() -> None:
     distilled = [r for r in rows if r["variant"] != "networks-only"]
     fastest = max(distilled, key=lambda r: r["images_per_s"]) if distilled else None
     summary = {"device": device_name(device), "profile": profile.name, "method": args.method,
-               "batch": data.batch_size, "crop": list(data.crop_size or (data.synthetic.height, data.synthetic.width)),
+               "batch": data.batch_size, "crop": list(image_size(data)),
                "variants": rows}
     if fastest and "fp32-eager" in by_name:
         summary["best_vs_fp32_eager"] = fastest["images_per_s"] / by_name["fp32-eager"]["images_per_s"]

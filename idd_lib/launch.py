@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import runs  # after argument parsing: --help stays fast
 
     distributed.init_from_env()
-    main = distributed.is_main()
+    rank0 = distributed.is_main()
     try:
         profile = get_profile(args.profile)
         if args.method == "teacher":
@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             result = runs.run_student(profile, args.method, args.seed, parse_weights(args.weights),
                                       parse_assignments(args.options, "options"), args.tag, not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
-        if main:
+        if rank0:
             print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if main:
+    if rank0:
         print(json.dumps({key: result.get(key) for key in SUMMARY_KEYS}))
     return 0
 

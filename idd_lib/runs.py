@@ -52,7 +52,7 @@ def ensure_teacher(profile: Profile | str, progress: bool = True, nproc: int = 1
     profile = get_profile(profile) if isinstance(profile, str) else profile
     cfg = profile.teacher_config()
     folder = teacher_dir(profile)
-    if nproc > 1 and not (folder / RESULT).exists() and not distributed.active():
+    if nproc != 1 and not (folder / RESULT).exists() and not distributed.active():
         launch_torchrun(profile, nproc, ["--method", "teacher"])
     result = train(cfg, folder, progress=progress, extra={"role": "teacher", "profile": profile.name})
     return load_model(folder, cfg), result
@@ -89,7 +89,7 @@ def run_student(profile: Profile | str, method: str, seed: int = 0, weights: dic
     cfg = student_config(profile, method, seed, weights, options)
     tag = tag or override_tag(weights, options)
     folder = run_dir(profile, cfg, tag)
-    if nproc > 1 and not (folder / RESULT).exists() and not distributed.active():
+    if nproc != 1 and not (folder / RESULT).exists() and not distributed.active():
         launch_torchrun(profile, nproc, ["--method", method, "--seed", str(seed), "--tag", tag,
                                          "--weights", ",".join(f"{k}={v}" for k, v in (weights or {}).items()),
                                          "--options", ",".join(f"{k}={v}" for k, v in (options or {}).items())])

@@ -44,6 +44,11 @@ def test_data_parallel_runs_need_a_registered_profile(tiny_profile):
         runs.run_student(tiny_profile, "idd", nproc=2)
 
 
+def test_nproc_below_one_is_an_error():
+    with pytest.raises(ValueError, match="nproc: expected a number of processes >= 1, got 0"):
+        runs.run_student("quick", "idd", nproc=0)
+
+
 def test_launcher_reports_bad_input_in_one_line():
     done = subprocess.run([sys.executable, "-m", "idd_lib.launch", "--profile", "quick", "--method", "nope"],
                           cwd=ROOT, capture_output=True, text=True)
