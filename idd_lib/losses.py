@@ -79,15 +79,16 @@ def pairwise_distances(centres: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.cdist(centres, centres)
 
 
-def interclass_distance_matrix(features, labels, num_classes: int, cfg: IDDConfig, size=None):
+def interclass_distance_matrix(features, weights, cfg: IDDConfig):
     """Distance matrices and the mask of present class pairs (i < j), steps 1-5 of METHOD.md.
 
-    Returns ``D`` (B' x K x K; B' = 1 for per-batch centres) and ``pair_mask`` (bool, same shape).
+    ``weights`` are the class weights (:func:`class_weights`) at the size the matrices are computed
+    at, so one labelling serves both networks; features are resized to it bilinearly. Returns ``D``
+    (B' x K x K; B' = 1 for per-batch centres) and ``pair_mask`` (bool, same shape).
     """
-    size = tuple(size or features.shape[-2:])
+    num_classes, size = weights.shape[1], weights.shape[-2:]
     if features.shape[-2:] != size:
         features = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-    weights = class_weights(labels, num_classes, size, cfg.label_sampling)
     if cfg.centres == "per-batch":
         weights = weights.transpose(0, 1).reshape(1, num_classes, -1, size[1])
         features = features.transpose(0, 1).reshape(1, features.shape[1], -1, size[1])
@@ -128,8 +129,9 @@ class InterClassDistanceLoss(nn.Module):
 
     def forward(self, student_out, teacher_out, labels):
         f_t = teacher_out["feat"].detach()
-        d_t, mask = interclass_distance_matrix(f_t, labels, self.num_classes, self.cfg)
-        d_s, _ = interclass_distance_matrix(student_out["feat"], labels, self.num_classes, self.cfg, f_t.shape[-2:])
+        weights = class_weights(labels, self.num_classes, f_t.shape[-2:], self.cfg.label_sampling)
+        d_t, mask = interclass_distance_matrix(f_t, weights, self.cfg)
+        d_s, _ = interclass_distance_matrix(student_out["feat"], weights, self.cfg)
         if self.cfg.penalty == "smooth-l1":
             penalty = F.smooth_l1_loss(d_s, d_t, reduction="none")
         else:
