@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from idd_lib.config import DataConfig, Profile, get_profile
+from idd_lib.config import DataConfig, LossConfig, Profile, apply_overrides, get_profile, parse_assignments
 
 
 def add_size_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
@@ -12,6 +12,8 @@ def add_size_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
     parser.add_argument("--batch", type=int, default=0, help="override the profile's batch")
     parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="override the profile's crop")
+    parser.add_argument("--loss-options", default="", metavar="KEY=VALUE,...",
+                        help="loss options as in training without the 'loss.' prefix, e.g. pid.hidden=0")
 
 
 def image_size(data: DataConfig) -> tuple[int, int]:
@@ -27,3 +29,8 @@ def sized_profile(args: argparse.Namespace) -> Profile:
     if args.crop:
         data = dataclasses.replace(data, crop_size=tuple(args.crop))
     return dataclasses.replace(profile, data=data)
+
+
+def loss_config(args: argparse.Namespace, method: str, weights: tuple[tuple[str, float], ...] = ()) -> LossConfig:
+    """The method's loss config with ``--loss-options`` applied."""
+    return apply_overrides(LossConfig(method, weights=weights), parse_assignments(args.loss_options, "--loss-options"))

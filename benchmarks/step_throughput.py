@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _common import add_size_arguments, image_size, sized_profile
+from _common import add_size_arguments, image_size, loss_config, sized_profile
 from idd_lib.config import LossConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
@@ -54,7 +54,7 @@ def variant_settings(name: str, best: Variant) -> Variant:
     return table[name]
 
 
-def measure(profile, method: str, variant: Variant, device: torch.device, steps: int, warmup: int) -> dict:
+def measure(profile, losses: LossConfig, variant: Variant, device: torch.device, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
     k = dataset_spec(profile.data).num_classes
     h, w = image_size(profile.data)
@@ -62,7 +62,7 @@ def measure(profile, method: str, variant: Variant, device: torch.device, steps:
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     student = build_segmentor(profile.student, k).to(device, memory_format=fmt).train()
     teacher = build_segmentor(profile.teacher, k).to(device, memory_format=fmt).eval().requires_grad_(False)
-    criterion = DistillationCriterion(LossConfig(method if variant.losses else "baseline"), k,
+    criterion = DistillationCriterion(losses if variant.losses else LossConfig("baseline"), k,
                                       student.feature_channels, teacher.feature_channels).to(device)
     criterion.needs_teacher = True  # networks-only still runs the teacher forward
     network, teacher_net = (torch.compile(student), torch.compile(teacher)) if variant.compile else (student, teacher)
@@ -104,7 +104,7 @@ def main() -> None:
     best = Variant(True, True, True) if device.type == "cuda" else Variant(False, False, False)
     rows = []
     for name in names:
-        row = {"variant": name, **measure(profile, args.method, variant_settings(name, best), device,
+        row = {"variant": name, **measure(profile, loss_config(args, args.method), variant_settings(name, best), device,
                                           args.steps, args.warmup)}
         rows.append(row)
         print(f"{name:<18}{row['step_ms']:>10.1f} ms{row['images_per_s']:>10.1f} img/s"

@@ -36,6 +36,8 @@ def test_loss_overhead_times_every_distillation_term(tmp_path):
     summary = json.loads(out.read_text())
     assert sorted(r["term"] for r in summary["terms"]) == sorted(set(TERM_BUILDERS) - {"ce"})
     assert summary["networks_step_ms"] > 0 and 0 < summary["idd_plus_pid_share"] < 1
+    assert summary["kd_step_ms"] > 0 and summary["idd_pid_step_ms"] > 0
+    assert summary["idd_plus_pid_share_in_situ"] < 1
 
 
 def test_unknown_variant_is_a_one_line_error(tmp_path):
