@@ -114,7 +114,7 @@ class PIDConfig:
     """Options of position information distillation (our reconstruction, METHOD.md H1)."""
     mode: str = "readout"                 # readout | probe
     targets: tuple[str, ...] = ("x", "y", "gaussian")
-    hidden: int = 32
+    hidden: int = 32                      # read-out 3x3 conv(hidden)-ReLU-1x1; 0: one linear 3x3 conv (PosENet's base)
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,10 @@ def position_targets(names: tuple[str, ...], size: tuple[int, int], device=None)
 
 
 def position_readout(in_channels: int, hidden: int, outputs: int) -> nn.Sequential:
-    """A small read-out (PosENet-like): 3x3 conv - ReLU - 1x1 conv."""
+    """A small read-out: 3x3 conv - ReLU - 1x1 conv with ``hidden`` channels, or with ``hidden=0``
+    one linear 3x3 conv, the base read-out of PosENet (Islam et al. 2020)."""
+    if hidden == 0:
+        return nn.Sequential(nn.Conv2d(in_channels, outputs, 3, padding=1))
     return nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(inplace=True),
                          nn.Conv2d(hidden, outputs, 1))
 
@@ -219,12 +222,15 @@ class PositionDistillation(nn.Module):
       :math:`\phi_T` frozen for this term;
 
     pixel means. Student features are resized to the teacher's size. Returns student term +
-    fit term; ``last_terms`` keeps both for logging.
+    fit term. Each read-out is :func:`position_readout` with ``pid.hidden`` channels (0: one
+    linear 3x3 conv).
     """
 
     def __init__(self, student_channels: int, teacher_channels: int, cfg: PIDConfig):
         super().__init__()
         _check_choice(cfg.mode, ("readout", "probe"), "pid.mode")
+        if cfg.hidden < 0:
+            raise ValueError(f"options: pid.hidden must be >= 0 (0: one linear 3x3 conv), got {cfg.hidden}")
         self.cfg = cfg
         outputs = len(cfg.targets)
         position_targets(cfg.targets, (2, 2))  # validates names early

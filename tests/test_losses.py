@@ -138,14 +138,15 @@ def test_kd_zero_for_equal_logits_and_masks_ignore():
 
 
 @pytest.mark.parametrize("mode", ["readout", "probe"])
-def test_pid_gradients_and_frozen_teacher_readout(mode):
-    pid = PositionDistillation(4, 6, PIDConfig(mode=mode))
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_pid_gradients_and_frozen_teacher_readout(mode, hidden):
+    pid = PositionDistillation(4, 6, PIDConfig(mode=mode, hidden=hidden))
     f_s = _feat(c=4, seed=2).requires_grad_()
     f_t = _feat(c=6, seed=1).requires_grad_()
     pid({"feat": f_s}, {"feat": f_t}, _labels()).backward()
     assert f_s.grad.abs().sum() > 0 and f_t.grad is None
     # the student term must not move the teacher read-out: only its fit term does
-    fit_only = PositionDistillation(4, 6, PIDConfig(mode=mode))
+    fit_only = PositionDistillation(4, 6, PIDConfig(mode=mode, hidden=hidden))
     fit_only.load_state_dict(pid.state_dict())
     pid.zero_grad()
     fit_only.zero_grad()
@@ -155,6 +156,22 @@ def test_pid_gradients_and_frozen_teacher_readout(mode):
     F.mse_loss(fit_only.teacher_readout(f_t.detach()), target).backward()
     for a, b in zip(pid.teacher_readout.parameters(), fit_only.teacher_readout.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_pid_single_conv_readout_value():
+    """``hidden=0``: each read-out is one linear 3x3 conv, so the loss is two MSEs of plain convs."""
+    from idd_lib.losses import position_targets
+    pid = PositionDistillation(4, 6, PIDConfig(hidden=0))
+    f_s, f_t = _feat(c=4, seed=2), _feat(c=6, seed=1)
+    conv_s, conv_t = pid.student_readout[0], pid.teacher_readout[0]
+    assert len(pid.student_readout) == len(pid.teacher_readout) == 1 and conv_t.out_channels == 3
+    pos_t = F.conv2d(f_t, conv_t.weight, conv_t.bias, padding=1)
+    target = position_targets(("x", "y", "gaussian"), (8, 12))
+    expected = F.mse_loss(F.conv2d(f_s, conv_s.weight, conv_s.bias, padding=1), pos_t) + \
+        F.mse_loss(pos_t, target.expand(3, -1, -1, -1))
+    assert torch.allclose(pid({"feat": f_s}, {"feat": f_t}, _labels()), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="pid.hidden must be >= 0"):
+        PositionDistillation(4, 6, PIDConfig(hidden=-1))
 
 
 def test_registry_weights_and_validation():
