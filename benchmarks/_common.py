@@ -32,5 +32,8 @@ def sized_profile(args: argparse.Namespace) -> Profile:
 
 
 def loss_config(args: argparse.Namespace, method: str, weights: tuple[tuple[str, float], ...] = ()) -> LossConfig:
-    """The method's loss config with ``--loss-options`` applied."""
-    return apply_overrides(LossConfig(method, weights=weights), parse_assignments(args.loss_options, "--loss-options"))
+    """The method's loss config with ``--loss-options`` applied; a bad option stops with one line."""
+    try:
+        return apply_overrides(LossConfig(method, weights=weights), parse_assignments(args.loss_options, "--loss-options"))
+    except ValueError as err:
+        raise SystemExit(f"--loss-options: {err}") from None

@@ -45,3 +45,12 @@ def test_unknown_variant_is_a_one_line_error(tmp_path):
                            "--profile", "quick", "--device", "cpu", "--out", str(tmp_path / "x.json")],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("--variants: unknown variant 'fast'")
+
+
+def test_bad_loss_option_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), "--loss-options",
+                           "pid.hiden=0", "--profile", "quick", "--device", "cpu", "--out", str(tmp_path / "x.json")],
+                          cwd=ROOT, capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0 and last.startswith("--loss-options: options: unknown option 'pid.hiden'"), last
+    assert not (tmp_path / "x.json").exists()
