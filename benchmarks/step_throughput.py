@@ -102,10 +102,11 @@ def main() -> None:
     data = profile.data
     names = [v for v in args.variants.split(",") if v] or list(GPU_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
     best = Variant(True, True, True) if device.type == "cuda" else Variant(False, False, False)
+    losses = loss_config(args, args.method)
     rows = []
     for name in names:
-        row = {"variant": name, **measure(profile, loss_config(args, args.method), variant_settings(name, best), device,
-                                          args.steps, args.warmup)}
+        row = {"variant": name, **measure(profile, losses, variant_settings(name, best), device, args.steps,
+                                          args.warmup)}
         rows.append(row)
         print(f"{name:<18}{row['step_ms']:>10.1f} ms{row['images_per_s']:>10.1f} img/s"
               + (f"{row['peak_memory_gib']:>8.2f} GiB" if row["peak_memory_gib"] is not None else ""), flush=True)

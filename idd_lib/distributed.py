@@ -30,7 +30,7 @@ def init_from_env(timeout_s: float = 1800) -> None:
         return
     cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device())
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
@@ -110,7 +110,8 @@ def wrap(model: nn.Module, sync_bn: bool) -> nn.Module:
         return model
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ids = [model_device(model).index] if model_device(model).type == "cuda" else None
+    where = model_device(model)
+    ids = [where.index] if where.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
