@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 
 from idd_lib.config import DataConfig, LossConfig, Profile, apply_overrides, get_profile, parse_assignments
+from idd_lib.losses import DistillationCriterion
 
 
 def add_size_arguments(parser: argparse.ArgumentParser, profile: str) -> None:
@@ -37,3 +38,11 @@ def loss_config(args: argparse.Namespace, method: str, weights: tuple[tuple[str,
         return apply_overrides(LossConfig(method, weights=weights), parse_assignments(args.loss_options, "--loss-options"))
     except ValueError as err:
         raise SystemExit(f"--loss-options: {err}") from None
+
+
+def ready_for_timing(criterion: DistillationCriterion, teacher_out: dict) -> DistillationCriterion:
+    """Terms fitted before training (``pid.teacher_fit=prefit``) get one fit step on the benchmark
+    batch: the timed step needs them fitted, not fitted well."""
+    for term in criterion.pending_prefits().values():
+        term.prefit([teacher_out])
+    return criterion

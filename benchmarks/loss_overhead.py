@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _common import add_size_arguments, image_size, loss_config, sized_profile
+from _common import add_size_arguments, image_size, loss_config, ready_for_timing, sized_profile
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
 from idd_lib.provenance import device_name
@@ -73,7 +73,7 @@ def main() -> None:
     for term in sorted(set(TERM_BUILDERS) - {"ce"}):
         criterion = DistillationCriterion(loss_config(args, "baseline", ((term, 1.0),)), k,
                                           student.feature_channels, teacher.feature_channels).to(device)
-        terms[term] = criterion.terms[term]
+        terms[term] = ready_for_timing(criterion, teacher_out).terms[term]
 
     def term_step(term):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -85,8 +85,8 @@ def main() -> None:
         training_step(student, teacher, networks, optimizer, images, labels, amp)
 
     def method_step(method: str):
-        criterion = DistillationCriterion(loss_config(args, method), k, student.feature_channels,
-                                          teacher.feature_channels).to(device)
+        criterion = ready_for_timing(DistillationCriterion(loss_config(args, method), k, student.feature_channels,
+                                                           teacher.feature_channels).to(device), teacher_out)
         method_optimizer = torch.optim.SGD([*student.parameters(), *criterion.student_parameters()],
                                            lr=1e-3, momentum=0.9)
         return lambda: training_step(student, teacher, criterion, method_optimizer, images, labels, amp)

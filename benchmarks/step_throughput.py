@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _common import add_size_arguments, image_size, loss_config, sized_profile
+from _common import add_size_arguments, image_size, loss_config, ready_for_timing, sized_profile
 from idd_lib.config import LossConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
@@ -70,6 +70,9 @@ def measure(profile, losses: LossConfig, variant: Variant, device: torch.device,
     images = torch.randn(batch, 3, h, w, device=device).contiguous(memory_format=fmt)
     labels = torch.randint(0, k, (batch, h, w), device=device)
     labels[:, :8] = 255
+    if criterion.pending_prefits():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.amp):
+            ready_for_timing(criterion, teacher(images))
 
     def run(n: int) -> None:
         for _ in range(n):

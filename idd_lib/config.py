@@ -115,6 +115,9 @@ class PIDConfig:
     mode: str = "readout"                 # readout | probe
     targets: tuple[str, ...] = ("x", "y", "gaussian")
     hidden: int = 32                      # read-out 3x3 conv(hidden)-ReLU-1x1; 0: one linear 3x3 conv (PosENet's base)
+    teacher_fit: str = "joint"            # joint: phi_T fitted alongside distillation | prefit: fitted first, then frozen
+    prefit_steps: int = 300               # teacher_fit=prefit: Adam steps on teacher features of training batches
+    prefit_lr: float = 1e-3
 
 
 @dataclass(frozen=True)

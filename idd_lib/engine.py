@@ -174,6 +174,28 @@ def training_step(network: nn.Module, teacher: nn.Module | None, criterion: Dist
     return loss, values
 
 
+def prefit_terms(criterion: DistillationCriterion, teacher: nn.Module, dataset, cfg: RunConfig,
+                 device: torch.device, memory_format: torch.memory_format, amp: bool) -> None:
+    """Fit the terms' modules that are fitted before training (PID's teacher read-out with
+    ``pid.teacher_fit=prefit``) on the teacher's outputs for the first training batches.
+
+    Every rank fits on the same (global) batches, so the modules agree without communication. The
+    global RNG is left as it was: the training draws exactly what it draws without this phase.
+    """
+    for term in criterion.pending_prefits().values():
+        with torch.random.fork_rng(devices=[]):
+            loader = train_loader(dataset, cfg.data, term.prefit_steps, cfg.train.seed, pin_memory=device.type == "cuda")
+
+            def teacher_outputs():
+                for images, _ in loader:
+                    images = images.to(device, non_blocking=True, memory_format=memory_format)
+                    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        outputs = teacher(images)
+                    yield outputs  # outside the no_grad block: a suspended generator keeps its grad mode
+
+            term.prefit(teacher_outputs())
+
+
 def load_model(run_dir: Path, cfg: RunConfig, device: torch.device | str = "cpu") -> Segmentor:
     """The final network of a finished run, checked against the config it should match."""
     num_classes = dataset_spec(cfg.data).num_classes
@@ -275,6 +297,8 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "rng": _rng_state(), "step": step, "elapsed": time.time() - started}, checkpoint)
 
+    # after loading a checkpoint: a resumed run's modules are fitted already
+    prefit_terms(criterion, teacher_net, train_set, cfg, device, memory_format, amp)
     loader = train_loader(train_set, cfg.data, total, cfg.train.seed, start_step=step, pin_memory=cuda,
                           rank=rank, world=world)
     val = eval_loader(val_set, cfg.data, pin_memory=cuda, rank=rank, world=world)
@@ -338,7 +362,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     log.close()
     save_checkpoint()
     result = {"method": cfg.loss.method, "seed": cfg.train.seed, "steps": step, **metrics,
-              "class_names": list(spec.class_names), "weights": criterion.weights,
+              "class_names": list(spec.class_names), "weights": criterion.weights, **criterion.prefit_losses(),
               "wall_time_s": time.time() - started, "config_digest": cfg.digest(),
               "run_dir": str(run_dir), **(extra or {})}
     if world > 1:

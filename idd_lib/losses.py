@@ -17,6 +17,7 @@ pixels. So our ``kd`` weight 1 equals CIRKD's ``lambda_kd=1``; IFVD's/SKD's ``la
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -212,26 +213,36 @@ def position_readout(in_channels: int, hidden: int, outputs: int) -> nn.Sequenti
 class PositionDistillation(nn.Module):
     r"""PID (our reconstruction of the paper's position module, METHOD.md H1).
 
-    A teacher read-out :math:`\phi_T` is fitted alongside, on detached teacher features, to the
-    position maps G: :math:`L_{fit} = \lVert \phi_T(F_T) - G \rVert^2` (touches only
-    :math:`\phi_T`). The student term is
+    A teacher read-out :math:`\phi_T` regresses the position maps G from detached teacher features,
+    :math:`L_{fit} = \lVert \phi_T(F_T) - G \rVert^2`. With ``pid.teacher_fit``
+
+    * ``joint``: :math:`L_{fit}` is added to the loss and fits :math:`\phi_T` alongside distillation
+      (it touches only :math:`\phi_T`);
+    * ``prefit``: :meth:`prefit` fits :math:`\phi_T` on its own before distillation (Adam,
+      ``pid.prefit_steps`` batches), then :math:`\phi_T` stays frozen and the loss has no fit term.
+
+    The student term is
 
     * ``readout``: :math:`\lVert \phi_S(F_S) - \phi_T(F_T) \rVert^2` with a student read-out
       :math:`\phi_S`;
     * ``probe``:   :math:`\lVert \phi_T(A F_S) - \phi_T(F_T) \rVert^2` with a 1x1 adapter A and
       :math:`\phi_T` frozen for this term;
 
-    pixel means. Student features are resized to the teacher's size. Returns student term +
-    fit term. Each read-out is :func:`position_readout` with ``pid.hidden`` channels (0: one
-    linear 3x3 conv).
+    pixel means. Student features are resized to the teacher's size. Each read-out is
+    :func:`position_readout` with ``pid.hidden`` channels (0: one linear 3x3 conv).
     """
 
     def __init__(self, student_channels: int, teacher_channels: int, cfg: PIDConfig):
         super().__init__()
         _check_choice(cfg.mode, ("readout", "probe"), "pid.mode")
+        _check_choice(cfg.teacher_fit, ("joint", "prefit"), "pid.teacher_fit")
         if cfg.hidden < 0:
             raise ValueError(f"options: pid.hidden must be >= 0 (0: one linear 3x3 conv), got {cfg.hidden}")
+        if cfg.teacher_fit == "prefit" and (cfg.prefit_steps < 1 or not cfg.prefit_lr > 0):
+            raise ValueError(f"options: pid.teacher_fit=prefit needs pid.prefit_steps >= 1 and pid.prefit_lr > 0, "
+                             f"got {cfg.prefit_steps} and {cfg.prefit_lr}")
         self.cfg = cfg
+        self.prefit_steps = cfg.prefit_steps
         outputs = len(cfg.targets)
         position_targets(cfg.targets, (2, 2))  # validates names early
         self.teacher_readout = position_readout(teacher_channels, cfg.hidden, outputs)
@@ -239,15 +250,61 @@ class PositionDistillation(nn.Module):
             self.student_readout = position_readout(student_channels, cfg.hidden, outputs)
         else:
             self.adapter = nn.Conv2d(student_channels, teacher_channels, 1)
+        if cfg.teacher_fit == "prefit":
+            self.teacher_readout.requires_grad_(False)
+            # the final fit loss of prefit(), NaN until it ran; saved with the checkpoint, so a
+            # resumed run neither fits again nor forgets the value
+            self.register_buffer("prefit_loss", torch.tensor(float("nan")))
+            self._prefit_checked = False
+
+    @property
+    def needs_prefit(self) -> bool:
+        return self.cfg.teacher_fit == "prefit" and bool(self.prefit_loss.isnan())
+
+    def separate_parameters(self) -> list[nn.Parameter]:
+        r"""With ``prefit``, :math:`\phi_T` is trained by :meth:`prefit`'s optimiser, not the student's."""
+        return list(self.teacher_readout.parameters()) if self.cfg.teacher_fit == "prefit" else []
+
+    def _fit_loss(self, pos_t: torch.Tensor) -> torch.Tensor:
+        target = position_targets(self.cfg.targets, pos_t.shape[-2:], pos_t.device)
+        return F.mse_loss(pos_t, target.expand(pos_t.shape[0], -1, -1, -1))
+
+    def prefit(self, teacher_outputs: Iterable[dict[str, torch.Tensor]]) -> torch.Tensor:
+        r"""Fit :math:`\phi_T` alone, one Adam step per teacher output, then freeze it; returns the
+        last fit loss (also kept in ``prefit_loss``)."""
+        readout = self.teacher_readout
+        optimizer = torch.optim.Adam(readout.parameters(), lr=self.cfg.prefit_lr)
+        readout.requires_grad_(True)
+        fit = torch.tensor(float("nan"))
+        try:
+            for teacher_out in teacher_outputs:
+                with torch.enable_grad():  # per step: the caller's iterator may switch grad mode between items
+                    fit = self._fit_loss(readout(teacher_out["feat"].detach().float()))
+                optimizer.zero_grad(set_to_none=True)
+                fit.backward()
+                optimizer.step()
+        finally:
+            readout.requires_grad_(False).zero_grad(set_to_none=True)
+        self.prefit_loss.copy_(fit.detach())
+        return self.prefit_loss.clone()
 
     def forward(self, student_out, teacher_out, labels):
         f_t = teacher_out["feat"].detach().float()
         f_s = student_out["feat"].float()
         if f_s.shape[-2:] != f_t.shape[-2:]:
             f_s = F.interpolate(f_s, size=f_t.shape[-2:], mode="bilinear", align_corners=False)
-        target = position_targets(self.cfg.targets, f_t.shape[-2:], f_t.device).expand(f_t.shape[0], -1, -1, -1)
-        pos_t = self.teacher_readout(f_t)
-        fit = F.mse_loss(pos_t, target)
+        if self.cfg.teacher_fit == "prefit":
+            if self.training and not self._prefit_checked:  # once: reading the buffer syncs with the GPU
+                if self.needs_prefit:
+                    raise RuntimeError("pid.teacher_fit=prefit: the teacher read-out has not been pre-fitted "
+                                       "(PositionDistillation.prefit runs before training)")
+                self._prefit_checked = True
+            with torch.no_grad():  # frozen: its backward would be wasted work
+                pos_t = self.teacher_readout(f_t)
+            fit = 0.0
+        else:
+            pos_t = self.teacher_readout(f_t)
+            fit = self._fit_loss(pos_t)
         if self.cfg.mode == "readout":
             pos_s = self.student_readout(f_s)
         else:
@@ -635,6 +692,16 @@ class DistillationCriterion(nn.Module):
         separate = {id(p) for term in self.terms.values() if hasattr(term, "separate_parameters")
                     for p in term.separate_parameters()}
         return [p for p in self.parameters() if id(p) not in separate]
+
+    def pending_prefits(self) -> dict[str, nn.Module]:
+        """Terms with modules fitted before training (``needs_prefit``; see e.g.
+        :meth:`PositionDistillation.prefit`) that have not been fitted yet."""
+        return {name: term for name, term in self.terms.items() if getattr(term, "needs_prefit", False)}
+
+    def prefit_losses(self) -> dict[str, float]:
+        """The final fit loss of each pre-fitted term, named ``<term>_prefit``."""
+        return {f"{name}_prefit": float(term.prefit_loss) for name, term in self.terms.items()
+                if hasattr(term, "prefit_loss")}
 
     def update(self, student_out, teacher_out, labels, images=None) -> dict[str, torch.Tensor]:
         """Run the terms' own optimisation steps (after the student's); returns their losses to log,

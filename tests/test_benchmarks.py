@@ -21,7 +21,8 @@ def _run(script: str, *args: str) -> None:
 def test_step_throughput_writes_every_variant(tmp_path):
     out = tmp_path / "steps.json"
     _run("step_throughput.py", "--profile", "quick", "--device", "cpu", "--batch", "2", "--steps", "1",
-         "--warmup", "0", "--variants", "fp32-eager,bf16,networks-only", "--out", str(out))
+         "--warmup", "0", "--variants", "fp32-eager,bf16,networks-only", "--out", str(out),
+         "--loss-options", "pid.teacher_fit=prefit")  # a term fitted before training is fitted before timing
     summary = json.loads(out.read_text())
     assert [r["variant"] for r in summary["variants"]] == ["fp32-eager", "bf16", "networks-only"]
     assert all(r["images_per_s"] > 0 and r["peak_memory_gib"] is None for r in summary["variants"])
@@ -29,10 +30,12 @@ def test_step_throughput_writes_every_variant(tmp_path):
 
 
 @pytest.mark.slow
-def test_loss_overhead_times_every_distillation_term(tmp_path):
+@pytest.mark.parametrize("options", ["", "pid.teacher_fit=prefit"])
+def test_loss_overhead_times_every_distillation_term(tmp_path, options):
     from idd_lib.losses import TERM_BUILDERS
     out = tmp_path / "terms.json"
-    _run("loss_overhead.py", "--profile", "quick", "--device", "cpu", "--repeats", "1", "--out", str(out))
+    _run("loss_overhead.py", "--profile", "quick", "--device", "cpu", "--repeats", "1", "--out", str(out),
+         "--loss-options", options)
     summary = json.loads(out.read_text())
     assert sorted(r["term"] for r in summary["terms"]) == sorted(set(TERM_BUILDERS) - {"ce"})
     assert summary["networks_step_ms"] > 0 and 0 < summary["idd_plus_pid_share"] < 1

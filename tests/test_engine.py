@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -50,6 +51,37 @@ def test_options_change_the_run_folder_and_the_config(tiny_profile):
     assert plain["run_dir"] != cosine["run_dir"] and "idd.metric=cosine" in cosine["run_dir"]
     saved = json.loads((engine.Path(cosine["run_dir"]) / "config.json").read_text())
     assert saved["loss"]["idd"]["metric"] == "cosine"
+
+
+def test_pid_prefit_runs_once_before_training_and_its_readout_stays_frozen(tiny_profile, monkeypatch):
+    from idd_lib.losses import PositionDistillation
+    fits = []
+    prefit = PositionDistillation.prefit
+
+    def recorded(self, teacher_outputs):
+        sizes = []
+
+        def counted():  # consumed lazily, as the engine hands them over
+            for outputs in teacher_outputs:
+                sizes.append(outputs["feat"].shape[0])
+                yield outputs
+
+        final = prefit(self, counted())
+        fits.append((sizes, {k: v.clone() for k, v in self.teacher_readout.state_dict().items()}))
+        return final
+
+    monkeypatch.setattr(PositionDistillation, "prefit", recorded)
+    options = {"loss.pid.teacher_fit": "prefit", "loss.pid.prefit_steps": "6"}
+    result = runs.run_student(tiny_profile, "idd+pid", seed=0, options=options, progress=False)
+    assert fits[0][0] == [tiny_profile.data.batch_size] * 6 and math.isfinite(result["pid_prefit"])
+    # the student learnt against the read-out the prefit left
+    folder = engine.Path(result["run_dir"])
+    saved = engine.load_state(folder / "checkpoint.pt")["criterion"]
+    assert all(torch.equal(saved[f"terms.pid.teacher_readout.{k}"], v) for k, v in fits[0][1].items())
+    # a resumed run does not fit again, and keeps the value
+    (folder / "result.json").unlink()
+    resumed = runs.run_student(tiny_profile, "idd+pid", seed=0, options=options, progress=False)
+    assert len(fits) == 1 and resumed["pid_prefit"] == result["pid_prefit"]
 
 
 def test_evaluate_perfect_predictions_and_absent_classes():

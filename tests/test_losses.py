@@ -1,6 +1,7 @@
 """Defining properties of the losses (METHOD.md), each checked so that a wrong loss fails."""
 import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
@@ -156,6 +157,38 @@ def test_pid_gradients_and_frozen_teacher_readout(mode, hidden):
     F.mse_loss(fit_only.teacher_readout(f_t.detach()), target).backward()
     for a, b in zip(pid.teacher_readout.parameters(), fit_only.teacher_readout.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_pid_prefit_fits_the_teacher_readout_first_then_keeps_it_frozen():
+    from idd_lib.losses import position_targets
+    cfg = PIDConfig(teacher_fit="prefit", prefit_steps=1, prefit_lr=1e-2)
+    crit = DistillationCriterion(LossConfig("pid", pid=cfg), K, 4, 6)
+    pid = crit.terms["pid"]
+    f_s = _feat(c=4, seed=2).requires_grad_()
+    f_t = _feat(c=6, seed=1)
+    with pytest.raises(RuntimeError, match="not been pre-fitted"):
+        pid({"feat": f_s}, {"feat": f_t}, _labels())
+    assert set(crit.pending_prefits()) == {"pid"} and math.isnan(crit.prefit_losses()["pid_prefit"])
+    target = position_targets(("x", "y", "gaussian"), (8, 12)).expand(3, -1, -1, -1)
+    before = F.mse_loss(pid.teacher_readout(f_t), target).item()
+    final = pid.prefit({"feat": f_t} for _ in range(60))
+    assert final.item() < 0.5 * before and crit.prefit_losses() == {"pid_prefit": final.item()}
+    assert not crit.pending_prefits() and pid.state_dict()["prefit_loss"] == final
+    # after the fit: no fit term, the student matches the frozen read-out, which gets no gradient
+    # and is not among what the student's optimiser trains
+    value = pid({"feat": f_s}, {"feat": f_t}, _labels())
+    with torch.no_grad():
+        expected = F.mse_loss(pid.student_readout(f_s), pid.teacher_readout(f_t))
+    assert torch.allclose(value, expected, atol=1e-6)
+    value.backward()
+    assert f_s.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in pid.teacher_readout.parameters())
+    trained = {id(p) for p in crit.student_parameters()}
+    assert not trained & {id(p) for p in pid.teacher_readout.parameters()}
+    assert {id(p) for p in pid.student_readout.parameters()} <= trained
+    for bad in ({"teacher_fit": "later"}, {"teacher_fit": "prefit", "prefit_steps": 0}):
+        with pytest.raises(ValueError, match="pid.teacher_fit|pid.prefit_steps"):
+            PositionDistillation(4, 6, PIDConfig(**bad))
 
 
 def test_pid_single_conv_readout_value():
