@@ -669,7 +669,9 @@ class DistillationCriterion(nn.Module):
 
     Terms with ``uses_images`` also receive the input images. Terms with an ``update`` method run
     a second optimisation step of their own after the student's (:meth:`update`), and list what
-    they train in ``separate_parameters()``: :meth:`student_parameters` leaves those out.
+    they train in ``separate_parameters()``: :meth:`student_parameters` leaves those out. Terms
+    with ``needs_prefit`` fit modules of theirs once before training (:meth:`pending_prefits`;
+    the engine runs them) and list those modules' parameters there too.
     """
 
     def __init__(self, cfg: LossConfig, num_classes: int, student_channels: int, teacher_channels: int | None):
