@@ -5,7 +5,8 @@ Every term has the signature ``term(student_out, teacher_out, labels) -> scalar`
 ``labels`` is ``B x H x W`` with ignore index 255 (terms with ``uses_images`` also get
 ``images=``). Teacher outputs are always treated as constants. Nothing here loops over pixels,
 classes or images, and nothing synchronises with the host (except the CIRKD memory's enqueue),
-so the terms are cheap inside a GPU step.
+so the terms are cheap inside a GPU step. :class:`DistillationCriterion` computes every term in fp32,
+outside the networks' bf16 autocast.
 
 Baselines (BASELINES.md 2.2): SKD pair-wise ``pa`` and holistic adversarial ``ho``
 (:mod:`idd_lib.adversarial`), IFVD ``ifv``, CWD ``cwd``/``cwd-feat``, CIRKD ``cirkd-mb`` and
@@ -663,6 +664,11 @@ TERM_BUILDERS = {
 TEACHER_FREE_TERMS = {"ce"}
 
 
+def _as_float(outputs: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """fp32 views of a network's outputs (no copy when they are fp32 already; differentiable)."""
+    return None if outputs is None else {name: v.float() if v.is_floating_point() else v for name, v in outputs.items()}
+
+
 class DistillationCriterion(nn.Module):
     """Weighted sum of the method's terms; holds the terms' own parameters (read-outs, adapters,
     projections) and modules trained by a term's own optimiser (the adversarial discriminator).
@@ -684,10 +690,18 @@ class DistillationCriterion(nn.Module):
                                     for t in self.weights})
 
     def forward(self, student_out, teacher_out, labels, images=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = {name: term(student_out, teacher_out, labels, images=images) if getattr(term, "uses_images", False)
-                  else term(student_out, teacher_out, labels) for name, term in self.terms.items()}
+        # The networks may run under bf16 autocast, but the terms run in fp32: they compare small
+        # differences of large quantities (centre distances, affinities, cosine maps), and autocast
+        # would round their matmuls and convolutions to bf16 (``benchmarks/loss_precision.py``).
+        with torch.autocast(labels.device.type, enabled=False):
+            values = self.term_values(_as_float(student_out), _as_float(teacher_out), labels, images)
         total = sum(self.weights[name] * value for name, value in values.items())
         return total, values
+
+    def term_values(self, student_out, teacher_out, labels, images=None) -> dict[str, torch.Tensor]:
+        """Each term's unweighted value, computed in whatever precision the caller's context sets."""
+        return {name: term(student_out, teacher_out, labels, images=images) if getattr(term, "uses_images", False)
+                else term(student_out, teacher_out, labels) for name, term in self.terms.items()}
 
     def student_parameters(self) -> list[nn.Parameter]:
         """What the student's optimiser trains: every parameter except those a term trains itself."""

@@ -1,4 +1,5 @@
 """Defining properties of the losses (METHOD.md), each checked so that a wrong loss fails."""
+import copy
 import dataclasses
 import itertools
 import math
@@ -8,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from idd_lib.config import IDDConfig, KDConfig, LossConfig, PIDConfig
-from idd_lib.losses import (DistillationCriterion, InterClassDistanceLoss, PixelwiseKD, PositionDistillation,
-                            class_weights, method_weights)
+from idd_lib.losses import (TERM_BUILDERS, DistillationCriterion, InterClassDistanceLoss, PixelwiseKD,
+                            PositionDistillation, class_weights, method_weights)
 
 K = 5
 
@@ -230,3 +231,30 @@ def test_criterion_sums_weighted_terms():
     assert torch.allclose(total, values["ce"] + values["kd"] + 2 * values["idd"] + values["pid"])
     with pytest.raises(ValueError, match="needs a teacher"):
         DistillationCriterion(LossConfig("kd"), K, 4, None)
+
+
+@pytest.mark.parametrize("term", sorted(TERM_BUILDERS))
+def test_criterion_computes_every_term_in_fp32_under_bf16_autocast(term):
+    """The networks' bf16 autocast must not reach the terms: under autocast the criterion gives the
+    fp32 value and gradients (with autocast reaching them, the IDD/IFV/CWD-feature gradients move by
+    1e-3 to 1e-1 here: features with a large common offset, whose differences bf16 rounds away)."""
+    labels = _labels(h=32, w=48)
+    offset = 3 * torch.randn(1, 8, 1, 1, generator=torch.Generator().manual_seed(0))
+    s = {"out": 4 * _feat(c=K, seed=1), "aux": _feat(c=K, seed=2), "feat": (offset[:, :4] + _feat(c=4, seed=3)).relu()}
+    t = {"out": 4 * _feat(c=K, seed=4), "feat": (offset + _feat(c=8, seed=5)).relu()}
+    crit = DistillationCriterion(LossConfig("baseline", weights=((term, 1.0), ("ce", float(term == "ce")))), K, 4, 8)
+    for pending in crit.pending_prefits().values():
+        pending.prefit([t])
+    images = torch.randn(3, 3, 32, 48)
+    results = []
+    for amp in (False, True):
+        student = {name: v.clone().requires_grad_() for name, v in s.items()}
+        torch.manual_seed(0)  # the terms' own random draws (CIRKD's queue samples)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):  # a fresh copy: CIRKD's queues, D's state
+            total, values = copy.deepcopy(crit)(student, t, labels, images)
+        total.backward()
+        results.append((values[term], [student[n].grad for n in sorted(student) if student[n].grad is not None]))
+    (value, grads), (value_amp, grads_amp) = results
+    assert value_amp.dtype == torch.float32 and grads
+    torch.testing.assert_close(value_amp, value, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads_amp, grads, rtol=1e-5, atol=1e-9)
