@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import torch
+import torch.nn.functional as F
+
 from idd_lib.config import DataConfig, LossConfig, Profile, apply_overrides, get_profile, parse_assignments
 from idd_lib.losses import DistillationCriterion
 
@@ -46,3 +49,15 @@ def ready_for_timing(criterion: DistillationCriterion, teacher_out: dict) -> Dis
     for term in criterion.pending_prefits().values():
         term.prefit([teacher_out])
     return criterion
+
+
+def random_batch(profile: Profile, num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and labels of the profile's batch and crop. Labels come in 16x16-pixel blocks
+    (classes form regions, as in a real label map) and the top 8 rows are ignored (255)."""
+    h, w = image_size(profile.data)
+    batch = profile.data.batch_size
+    images = torch.randn(batch, 3, h, w, device=device)
+    blocks = torch.randint(0, num_classes, (batch, 1, -(-h // 16), -(-w // 16)), device=device)
+    labels = F.interpolate(blocks.float(), scale_factor=16, mode="nearest")[:, 0, :h, :w].long()
+    labels[:, :8] = 255
+    return images, labels

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _common import add_size_arguments, image_size, loss_config, ready_for_timing, sized_profile
+from _common import add_size_arguments, image_size, loss_config, random_batch, ready_for_timing, sized_profile
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
 from idd_lib.provenance import device_name
@@ -56,9 +56,7 @@ def main() -> None:
     k = dataset_spec(profile.data).num_classes
     h, w = image_size(profile.data)
     batch = profile.data.batch_size
-    images = torch.randn(batch, 3, h, w, device=device)
-    labels = torch.randint(0, k, (batch, h, w), device=device)
-    labels[:, :8] = 255
+    images, labels = random_batch(profile, k, device)
     student = build_segmentor(profile.student, k).to(device).train()
     teacher = build_segmentor(profile.teacher, k).to(device).eval().requires_grad_(False)
     # the networks-only step: teacher forward + student forward/backward with cross-entropy + SGD
@@ -69,16 +67,15 @@ def main() -> None:
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         teacher_out = teacher(images)
         student_out = {name: v.detach().requires_grad_() for name, v in student(images).items()}
-    terms = {}
-    for term in sorted(set(TERM_BUILDERS) - {"ce"}):
-        criterion = DistillationCriterion(loss_config(args, "baseline", ((term, 1.0),)), k,
-                                          student.feature_channels, teacher.feature_channels).to(device)
-        terms[term] = ready_for_timing(criterion, teacher_out).terms[term]
+    # each term alone in a criterion of its own, so it runs as in training (in fp32 under autocast)
+    terms = {term: ready_for_timing(DistillationCriterion(loss_config(args, "baseline", ((term, 1.0), ("ce", 0.0))), k,
+                                                          student.feature_channels, teacher.feature_channels).to(device),
+                                    teacher_out)
+             for term in sorted(set(TERM_BUILDERS) - {"ce"})}
 
-    def term_step(term):
+    def term_step(criterion):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            value = term(student_out, teacher_out, labels, images=images) if getattr(term, "uses_images", False) \
-                else term(student_out, teacher_out, labels)
+            value, _ = criterion(student_out, teacher_out, labels, images)
         value.backward()
 
     def step():
@@ -99,8 +96,8 @@ def main() -> None:
         times["step"].append(_timed(step, device))
         for name, fn in in_situ.items():
             times[name].append(_timed(fn, device))
-        for name, term in terms.items():
-            times[name].append(_timed(lambda: term_step(term), device))
+        for name, criterion in terms.items():
+            times[name].append(_timed(lambda: term_step(criterion), device))
     median = {name: statistics.median(values[2:]) for name, values in times.items()}  # two warm-up rounds
     step_s = median.pop("step")
     kd_step_s, idd_pid_step_s = median.pop("kd step"), median.pop("idd+pid step")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _common import add_size_arguments, image_size, loss_config, ready_for_timing, sized_profile
+from _common import add_size_arguments, image_size, loss_config, random_batch, ready_for_timing, sized_profile
 from idd_lib.config import LossConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.engine import resolve_device, training_step
@@ -57,7 +57,6 @@ def variant_settings(name: str, best: Variant) -> Variant:
 def measure(profile, losses: LossConfig, variant: Variant, device: torch.device, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
     k = dataset_spec(profile.data).num_classes
-    h, w = image_size(profile.data)
     batch = profile.data.batch_size
     fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
     student = build_segmentor(profile.student, k).to(device, memory_format=fmt).train()
@@ -67,9 +66,8 @@ def measure(profile, losses: LossConfig, variant: Variant, device: torch.device,
     criterion.needs_teacher = True  # networks-only still runs the teacher forward
     network, teacher_net = (torch.compile(student), torch.compile(teacher)) if variant.compile else (student, teacher)
     optimizer = torch.optim.SGD([*student.parameters(), *criterion.student_parameters()], lr=1e-3, momentum=0.9)
-    images = torch.randn(batch, 3, h, w, device=device).contiguous(memory_format=fmt)
-    labels = torch.randint(0, k, (batch, h, w), device=device)
-    labels[:, :8] = 255
+    images, labels = random_batch(profile, k, device)
+    images = images.contiguous(memory_format=fmt)
     if criterion.pending_prefits():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.amp):
             ready_for_timing(criterion, teacher(images))

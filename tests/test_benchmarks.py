@@ -43,6 +43,17 @@ def test_loss_overhead_times_every_distillation_term(tmp_path, options):
     assert summary["idd_plus_pid_share_in_situ"] < 1
 
 
+@pytest.mark.slow
+def test_loss_precision_compares_every_term_on_the_trained_networks(tmp_path, quick_study):
+    from idd_lib.losses import TERM_BUILDERS
+    out = tmp_path / "precision.json"
+    _run("loss_precision.py", "--profile", "quick", "--trained", "--device", "cpu", "--batches", "1", "--out", str(out))
+    summary = json.loads(out.read_text())
+    assert summary["trained"] and [r["term"] for r in summary["rows"]] == sorted(set(TERM_BUILDERS) - {"ce"})
+    errors = [v for row in summary["rows"] for key, v in row.items() if key != "term"]
+    assert len(errors) == 4 * len(summary["rows"]) and all(0 <= v < 1 for v in errors)
+
+
 def test_unknown_variant_is_a_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"), "--variants", "fast",
                            "--profile", "quick", "--device", "cpu", "--out", str(tmp_path / "x.json")],
