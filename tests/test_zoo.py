@@ -329,6 +329,33 @@ def test_every_method_trains_two_steps(method, tiny_profile, zoo_results, monkey
         assert state["criterion"]["terms.ho._extra_state"]["optimizer"]["state"]
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_steps_under_the_cuda_settings(method, tiny_profile):
+    """bf16 autocast and channels_last, the training loop's CUDA settings, here with CPU autocast:
+    every method's step runs, its terms come out in fp32 and finite, and the student moves."""
+    from idd_lib.data.datasets import dataset_spec
+    from idd_lib.models import build_segmentor
+    torch.manual_seed(0)
+    k = dataset_spec(tiny_profile.data).num_classes
+    cl = torch.channels_last
+    student = build_segmentor(tiny_profile.student, k).to(memory_format=cl).train()
+    teacher = build_segmentor(tiny_profile.teacher, k).to(memory_format=cl).eval().requires_grad_(False)
+    crit = DistillationCriterion(LossConfig(method, cirkd=SMALL_MEMORY), k, student.feature_channels,
+                                 teacher.feature_channels)
+    images = torch.randn(2, 3, 32, 64).contiguous(memory_format=cl)
+    labels = torch.randint(0, k, (2, 32, 64))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for term in crit.pending_prefits().values():
+            term.prefit([teacher(images)])
+    optimizer = torch.optim.SGD([*student.parameters(), *crit.student_parameters()], lr=0.01)
+    before = [p.detach().clone() for p in student.parameters()]
+    for _ in range(2):
+        loss, values = engine.training_step(student, teacher, crit, optimizer, images, labels, amp=True)
+    assert torch.isfinite(loss) and set(METHODS[method].weights) <= set(values)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in values.values()), values
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
 STUDY_METHODS = set(get_profile("quick").methods)   # their 02_distill runs are checked by the quick study
 
 
