@@ -1,13 +1,17 @@
 """Data-parallel training: rank sharding of batches and validation, and a real 2-process gloo run
-through torchrun (launched by the 02_distill notebook's ``nproc``) against the single-process run."""
+through torchrun (launched by the 02_distill notebook's ``nproc``) against the single-process run
+and against two torchrun agents joined by the c10d rendezvous (the multi-node launch)."""
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import papermill
 import pytest
+import torch
 
 from idd_lib import runs
 from idd_lib.data.datasets import EpochBatchSampler, eval_loader
@@ -95,7 +99,37 @@ def test_torchrun_two_gloo_processes_match_the_single_process_run(quick_study, t
     # DDP really trained: far from the untrained start
     assert ddp["miou"] > ddp_val[0]["miou"] + 10
     assert not any(p.name.startswith(".") for p in Path(ddp["run_dir"]).iterdir())
+    # several nodes: two torchrun agents of one process each, joined by the c10d rendezvous on this
+    # machine, make the same 2-rank run, so they end with exactly the 2-process run's weights
+    nodes = _run_on_two_nodes(quick_study.parent / "cache", tmp_path / "nodes", ["--method", "idd", "--options", options])
+    assert nodes["processes"] == 2 and nodes["replicas_in_sync"] is True
+    weights, node_weights = (torch.load(Path(r["run_dir"]) / "model.pt", weights_only=True) for r in (ddp, nodes))
+    assert weights.keys() == node_weights.keys() and all(torch.equal(weights[k], node_weights[k]) for k in weights)
+    assert nodes["miou"] == ddp["miou"]
     # a failing rank stops the launch with the launcher's one-line reason
     with pytest.raises(RuntimeError, match=r"torchrun with 2 processes failed \(exit \d+\): error: data.batch_size: "
                                            r"the global batch 7 does not divide over 2 processes"):
         runs.run_student("quick", "idd", options={"data.batch_size": "7"}, progress=False, nproc=2)
+
+
+def _run_on_two_nodes(cache: Path, root: Path, arguments: list[str]) -> dict:
+    """``torchrun --nnodes 2 --rdzv_backend c10d`` twice on this machine, as on two nodes sharing
+    ``$IDD_RESULTS``; returns the run's result."""
+    shutil.copytree(cache, root / "cache")
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--rdzv_backend", "c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id", "two-nodes",
+               "--rdzv_conf", "join_timeout=120", "-m", "idd_lib.launch", "--profile", "quick", "--no-progress",
+               *arguments]
+    env = {**os.environ, "IDD_RESULTS": str(root), "OMP_NUM_THREADS": "1"}
+    agents = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    try:
+        outputs = [agent.communicate(timeout=300) for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert [agent.returncode for agent in agents] == [0, 0], [err[-2000:] for _, err in outputs]
+    return json.loads(next((root / "quick" / "runs").glob("*/result.json")).read_text())
