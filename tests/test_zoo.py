@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from idd_lib import engine, runs
 from idd_lib.adversarial import HolisticAdversarialLoss
 from idd_lib.config import AdversarialConfig, CIRKDConfig, CWDConfig, LossConfig, PairwiseConfig, get_profile
+from idd_lib.data.datasets import dataset_spec
 from idd_lib.losses import (METHODS, TERM_BUILDERS, ChannelWiseDistillation, CrossImageMemoryLoss,
                             CrossImagePixelLoss, DistillationCriterion, IntraClassFeatureVariationLoss,
                             PairwiseAffinityLoss, method_weights)
+from idd_lib.models import build_segmentor
 
 K = 5
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,8 +335,6 @@ def test_every_method_trains_two_steps(method, tiny_profile, zoo_results, monkey
 def test_every_method_steps_under_the_cuda_settings(method, tiny_profile):
     """bf16 autocast and channels_last, the training loop's CUDA settings, here with CPU autocast:
     every method's step runs, its terms come out in fp32 and finite, and the student moves."""
-    from idd_lib.data.datasets import dataset_spec
-    from idd_lib.models import build_segmentor
     torch.manual_seed(0)
     k = dataset_spec(tiny_profile.data).num_classes
     cl = torch.channels_last
