@@ -8,12 +8,8 @@ Which losses run is decided by the method registry (:mod:`idd_lib.losses`), neve
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import json
 import math
-import os
-import pickle
 import random
 import sys
 import time
@@ -28,17 +24,16 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from tqdm import tqdm
 
 from . import distributed
-from .config import EvalConfig, RunConfig
+from .config import EvalConfig, RunConfig, check_limits
 from .data.datasets import IGNORE_INDEX, build_dataset, dataset_spec, eval_loader, train_loader
 from .losses import DistillationCriterion
 from .inference import check_eval_config, predict
 from .models import Segmentor, build_segmentor
 from .provenance import provenance
+from .rundir import (CHECKPOINT, CONFIG, METRICS, MODEL, PROVENANCE, RESULT, atomic_save,  # noqa: F401 (load_state: tests)
+                     atomic_write_text, drop_rows_after, load_run_state, load_state, make_folder, now, MetricsLog, read_result,
+                     update_provenance, write_result)
 
-CHECKPOINT = "checkpoint.pt"
-MODEL = "model.pt"
-RESULT = "result.json"
-METRICS = "metrics.jsonl"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -53,61 +48,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary sibling and rename, so a killed process never leaves a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """``torch.load`` restricted to tensors and plain containers (never arbitrary pickles)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def _load_checkpoint(path: Path) -> dict:
-    try:
-        return load_state(path)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        reason = next(iter(str(err).splitlines()), "") or "empty or truncated file"
-        raise ValueError(f"{path}: unreadable checkpoint ({type(err).__name__}: {reason}); "
-                         "delete it to restart this run from step 0") from None
-
-
-def _drop_rows_after(path: Path, step: int, final: bool = False) -> None:
-    """Keep the log rows up to the checkpoint's step: a resumed run logs the later ones again (and,
-    from the ``final`` checkpoint, the last validation)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by the kill
-            continue
-        if row.get("step", 0) < step or row.get("step", 0) == step and not (final and row.get("split") == "val"):
-            kept.append(line + "\n")
-    atomic_write_text(path, "".join(kept))
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
-
-
-def _update_provenance(run_dir: Path, resumed_at: int | None = None, **fields: Any) -> None:
-    path = run_dir / "provenance.json"
-    prov = json.loads(path.read_text()) if path.exists() else {}
-    if resumed_at is not None:
-        prov["resumed"] = [*prov.get("resumed", []), {"step": resumed_at, "at": _now()}]
-    atomic_write_text(path, json.dumps({**prov, **fields}, indent=2))
 
 
 @torch.no_grad()
@@ -202,7 +142,7 @@ def load_model(run_dir: Path, cfg: RunConfig, device: torch.device | str = "cpu"
     model = build_segmentor(cfg.model, num_classes)
     path = Path(run_dir) / MODEL
     try:
-        state = load_state(path)
+        state = load_run_state(path, f"delete the folder {Path(run_dir)} to train this run again")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no trained model here (run not finished?)") from None
     try:
@@ -226,10 +166,10 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     its numbers join that validation row and, at the end, the result - e.g. the agreement with
     the teacher's distance matrix (:class:`idd_lib.analysis.TeacherAgreement`).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_folder(Path(run_dir))
     if (run_dir / RESULT).exists() and resume:
-        return json.loads((run_dir / RESULT).read_text())
+        return read_result(run_dir)
+    check_limits(cfg)
     started = time.time()
     main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
     device = resolve_device(cfg.train.device)
@@ -244,6 +184,8 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     spec = dataset_spec(cfg.data)
     train_set = build_dataset(cfg.data, "train", train=True, seed=cfg.train.seed)
     val_set = build_dataset(cfg.data, "val", train=False)
+    for split in (train_set, val_set):
+        split.require_labels()
 
     check_eval_config(cfg.train.eval)
     # ImageNet initialisation only for a fresh start: a resumed run loads its own weights
@@ -273,7 +215,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     rng_state = None
     checkpoint = run_dir / CHECKPOINT
     if resume and checkpoint.exists():
-        state = _load_checkpoint(checkpoint)
+        state = load_run_state(checkpoint, "delete it to restart this run from step 0")
         model.load_state_dict(state["model"])
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
@@ -282,12 +224,12 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
         step = state["step"]
         started -= state.get("elapsed", 0.0)
         if main:
-            _drop_rows_after(run_dir / METRICS, step, final=step == total)
-            _update_provenance(run_dir, resumed_at=step)
+            drop_rows_after(run_dir / METRICS, step, final=step == total)
+            update_provenance(run_dir, resumed_at=step)
     elif main:
         (run_dir / METRICS).unlink(missing_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2, default=str))
-        atomic_write_text(run_dir / "provenance.json", json.dumps(
+        atomic_write_text(run_dir / CONFIG, json.dumps(cfg.to_dict(), indent=2, default=str))
+        atomic_write_text(run_dir / PROVENANCE, json.dumps(
             {**provenance(device), "seed": cfg.train.seed, "processes": world}, indent=2))
 
     def save_checkpoint() -> None:
@@ -301,11 +243,10 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     prefit_terms(criterion, teacher_net, train_set, cfg, device, memory_format, amp)
     loader = train_loader(train_set, cfg.data, total, cfg.train.seed, start_step=step, pin_memory=cuda,
                           rank=rank, world=world)
-    val = eval_loader(val_set, cfg.data, pin_memory=cuda, rank=rank, world=world)
+    val = eval_loader(val_set, pin_memory=cuda, rank=rank, world=world)
     model.train()
     criterion.train()
-    # only rank 0 writes the log (the others write to the null device, one code path)
-    log = (run_dir / METRICS).open("a") if main else open(os.devnull, "w")
+    log = MetricsLog(run_dir, enabled=main)
     bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=f"{cfg.loss.method} s{cfg.train.seed}",
                file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
     last_values: dict[str, float] = {}
@@ -319,7 +260,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
 
     if on_evaluate is not None and cfg.train.eval_every and step == 0:
         with torch.random.fork_rng(devices=[]):  # the curve's starting point, without changing the run
-            log.write(json.dumps({"step": 0, "split": "val", **validate()}) + "\n")
+            log.write({"step": 0, "split": "val", **validate()})
     batches = iter(loader)
     if rng_state is not None:  # only now: creating the data iterator draws from the global RNG
         _restore_rng(rng_state)
@@ -347,18 +288,16 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
         if must_log:
             row = {"step": step, "lr": scheduler.get_last_lr()[0], **{f"loss/{k}": v for k, v in last_values.items()},
                    "time": time.time() - started}
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+            log.write(row)
             bar.set_postfix(loss=f"{last_values['total']:.3f}", refresh=False)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
             metrics = validate()
-            log.write(json.dumps({"step": step, "split": "val", **metrics}) + "\n")
-            log.flush()
+            log.write({"step": step, "split": "val", **metrics})
         if must_save and step < total:
             save_checkpoint()
     bar.close()
     metrics = validate()
-    log.write(json.dumps({"step": step, "split": "val", **metrics}) + "\n")
+    log.write({"step": step, "split": "val", **metrics})
     log.close()
     save_checkpoint()
     result = {"method": cfg.loss.method, "seed": cfg.train.seed, "steps": step, **metrics,
@@ -373,7 +312,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
                           stacklevel=2)
     if main:
         atomic_save(model.state_dict(), run_dir / MODEL)
-        _update_provenance(run_dir, finished=_now())
-        atomic_write_text(run_dir / RESULT, json.dumps(result, indent=2))
+        update_provenance(run_dir, finished=now())
+        write_result(run_dir, result)
     distributed.barrier()  # the other ranks may read model.pt next (a teacher for the students)
     return result

@@ -15,10 +15,15 @@ from scipy import stats
 
 
 def results_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """One row per run with its ``label``: the method and its tag; a label that two different
+    configurations share (the same tag given to other options) gets each one's variant digest."""
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise ValueError("no finished runs to summarise; run 02_distill/03_ablation first")
     frame["label"] = frame.apply(lambda r: r["method"] + (f" [{r['tag']}]" if r.get("tag") else ""), axis=1)
+    if "variant" in frame:
+        shared = frame.groupby("label")["variant"].transform("nunique") > 1
+        frame.loc[shared, "label"] += " #" + frame.loc[shared, "variant"].str[:6]
     return frame
 
 
@@ -38,7 +43,7 @@ def current_results(profile) -> list[dict]:
     """The finished student runs of ``profile`` whose config digest is what the code resolves today
     for their method, seed, weights and options. A run left in the folder by an earlier version of
     the config (older code, changed profile) is skipped, so it never mixes into the statistics."""
-    from .config import get_profile
+    from .config import get_profile, variant_digest
     from .runs import collect_results, student_config
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -50,7 +55,7 @@ def current_results(profile) -> list[dict]:
         except ValueError:  # a method or option that no longer exists
             continue
         if cfg.digest() == result.get("config_digest"):
-            kept.append(result)
+            kept.append({**result, "variant": variant_digest(cfg)})
     return kept
 
 
@@ -159,12 +164,11 @@ def runs_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per finished run: what produced it (method label with its overrides, config digest,
     seed, git commit, package versions, device) and its wall time, from the run folder's
     result.json and provenance.json."""
-    import json
+    from .rundir import read_provenance
 
     rows = []
     for run in frame.to_dict("records"):
-        path = Path(run["run_dir"]) / "provenance.json"
-        prov = json.loads(path.read_text()) if path.exists() else {}
+        prov = read_provenance(run["run_dir"])
         git = prov.get("git", {})
         commit = git.get("commit", "unknown")[:10] + ("+dirty" if git.get("dirty") else "")
         versions = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
@@ -175,19 +179,20 @@ def runs_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_report(profile_name: str) -> Path:
-    """Compose ``results/<profile>/REPORT.md`` from the runs, tables and figures on disk."""
+def write_report(profile) -> Path:
+    """Compose ``results/<profile>/REPORT.md`` from the runs, tables and figures on disk
+    (``profile``: a name or a configured :class:`~idd_lib.config.Profile`)."""
     import datetime
-    import json
 
     from .config import get_profile
     from .paths import profile_dir
     from .provenance import git_state
+    from .rundir import read_result
     from .runs import teacher_dir
 
-    profile = get_profile(profile_name)
+    profile = get_profile(profile) if isinstance(profile, str) else profile
     folder = profile_dir(profile.name)
-    teacher_result = json.loads((teacher_dir(profile) / "result.json").read_text())
+    teacher_result = read_result(teacher_dir(profile))
     frame = results_frame(current_results(profile))
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     git = git_state()

@@ -80,10 +80,12 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
-def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tiny_profile, tmp_path):
+def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tiny_profile, tmp_path, monkeypatch):
     profile = with_iterations(tiny_profile, 8, checkpoint_every=3, log_every=1)
+    with monkeypatch.context() as elsewhere:  # one folder per config: the uninterrupted run in another results root
+        elsewhere.setenv("IDD_RESULTS", str(tmp_path / "straight"))
+        straight = runs.run_student(profile, "idd+pid", 0, tag="straight", progress=False)
     runs.ensure_teacher(profile, progress=False)  # cached: the killed process trains only the student
-    straight = runs.run_student(profile, "idd+pid", 0, tag="straight", progress=False)
 
     (tmp_path / "profile.pkl").write_bytes(pickle.dumps(profile))
     (tmp_path / "run.py").write_text(KILLED_RUN)
@@ -168,7 +170,7 @@ def test_corrupt_checkpoint_is_a_clear_error_naming_it(tiny_profile, tmp_path):
     cfg = tiny_profile.run_config("baseline", 0)
     for content in (b"", b"PK\x03\x04 truncated zip", b"\x80\x02garbage"):
         (tmp_path / "checkpoint.pt").write_bytes(content)
-        with pytest.raises(ValueError, match=rf"{tmp_path / 'checkpoint.pt'}: unreadable checkpoint \(.*\); "
+        with pytest.raises(ValueError, match=rf"{tmp_path / 'checkpoint.pt'}: unreadable \(.*\); "
                                              r"delete it to restart this run from step 0"):
             engine.train(cfg, tmp_path, progress=False)
 
