@@ -15,15 +15,10 @@ import pandas as pd
 import torch
 from scipy import stats
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
+from .data.datasets import eval_loader
 from .losses import class_weights, pairwise_distances
-
-
-def _loader(dataset, max_images: int | None, batch_size: int = 16) -> DataLoader:
-    if max_images is not None and max_images < len(dataset):
-        dataset = Subset(dataset, range(max_images))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+from .rundir import read_metrics
 
 
 @torch.no_grad()
@@ -34,7 +29,7 @@ def class_feature_sums(model: nn.Module, dataset, num_classes: int, max_images: 
     was_training = model.training
     model.eval().to(device)
     sums, mass = None, torch.zeros(num_classes, dtype=torch.float64)
-    for images, labels in _loader(dataset, max_images):
+    for images, labels in eval_loader(dataset, max_images):
         feat = model(images.to(device))["feat"].float()
         weights = class_weights(labels.to(device), num_classes, feat.shape[-2:], label_sampling)
         batch_sums = torch.einsum("bkp,bcp->kc", weights.flatten(2), feat.flatten(2)).double().cpu()
@@ -113,8 +108,6 @@ class TeacherAgreement:
 def agreement_history(results: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Agreement over training of finished runs (their ``metrics.jsonl``): one row per (run,
     validation step) with ``method`` (label, tag included), ``seed``, ``step`` and the agreement keys."""
-    from .runs import read_metrics  # runs imports this module for the hook
-
     rows = []
     for result in results:
         label = result["method"] + (f" [{result['tag']}]" if result.get("tag") else "")
@@ -154,7 +147,7 @@ def pixel_features(models: Mapping[str, nn.Module], dataset, num_classes: int, p
         per_class = min(per_class, max(1, max_points // num_classes))
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     all_labels = []
-    for images, labels in _loader(dataset, max_images):
+    for images, labels in eval_loader(dataset, max_images):
         size = None
         for name, model in models.items():
             f = model.eval().to(device)(images.to(device))["feat"].float().cpu()
@@ -163,10 +156,10 @@ def pixel_features(models: Mapping[str, nn.Module], dataset, num_classes: int, p
                 f = torch.nn.functional.interpolate(f, size=size, mode="bilinear", align_corners=False)
             feats[name].append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
         all_labels.append(torch.nn.functional.interpolate(labels[:, None].float(), size=size,
-                                                          mode="nearest")[:, 0].long())
-    labels = torch.cat(all_labels)
+                                                          mode="nearest")[:, 0].long().flatten())
+    labels = torch.cat(all_labels)  # flat: images of a mixed-size split have feature maps of several sizes
     picks = sample_pixels(labels, per_class, num_classes, seed)
-    return {name: torch.cat(f)[picks].numpy() for name, f in feats.items()}, labels.flatten()[picks].numpy()
+    return {name: torch.cat(f)[picks].numpy() for name, f in feats.items()}, labels[picks].numpy()
 
 
 def tsne(features: np.ndarray, seed: int = 0) -> np.ndarray:

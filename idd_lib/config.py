@@ -11,6 +11,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,9 +190,89 @@ class RunConfig:
         return config_digest(self)
 
 
+# Settings that cannot change what a run computes (how many images are evaluated at once, how many
+# loader processes): left out of the digest, so changing them reuses a trained teacher or run.
+RUNTIME_ONLY = {"data": ("eval_batch_size", "num_workers")}
+
+
 def config_digest(cfg: Any) -> str:
-    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    fields = dataclasses.asdict(cfg)
+    for group, names in RUNTIME_ONLY.items():
+        if isinstance(fields.get(group), dict):
+            fields[group] = {k: v for k, v in fields[group].items() if k not in names}
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def variant_digest(cfg: RunConfig) -> str:
+    """The digest of a run's config without its seed: equal for the seeds of one variant."""
+    return config_digest(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=0)))
+
+
+MAX_SEED = 10**6  # seeds are mixed into per-sample 64-bit RNG seeds (data.datasets): keep the product in range
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"a number >= {low:g}"
+
+
+def _in_range(low: float, high: float, high_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    return ((lambda v: low <= v < high) if high_open else (lambda v: low <= v <= high),
+            f"a number in [{low:g}, {high:g}{')' if high_open else ']'}")
+
+
+def _all_at_least(low: float, count: int | None = None) -> tuple[Callable[[Any], bool], str]:
+    what = f"{count} numbers" if count else "one or more numbers"
+    return (lambda v: len(v) >= 1 and (count is None or len(v) == count) and min(v) >= low), f"{what} >= {low:g}"
+
+
+_POSITIVE = ((lambda v: v > 0), "a number > 0")
+# What the numeric options accept, by config class; what a constructor already checks (choices of
+# heads, metrics and the loss terms' own options) is checked by building the run (runs.check_run).
+LIMITS: dict[type, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    DataConfig: {
+        "batch_size": ((lambda v: v >= 2), "an integer >= 2 (BatchNorm needs two images per batch)"),
+        "eval_batch_size": _at_least(1), "num_workers": _at_least(0), "base_size": _at_least(0),
+        "crop_size": ((lambda v: v is None or len(v) == 2 and min(v) >= 1), "two sizes >= 1 (h w), or none"),
+        "scale_range": ((lambda v: len(v) == 2 and 0 < v[0] <= v[1]), "two factors 0 < low <= high"),
+    },
+    ModelConfig: {
+        "layers": _all_at_least(1, 4), "head_channels": _at_least(1), "psp_bins": _all_at_least(1),
+        "aspp_rates": _all_at_least(1), "dropout": _in_range(0, 1, high_open=True),
+        # the ResNet stages have round(64 * width) channels at least, and never fewer than 4
+        "width": ((lambda v: v >= 1 / 16), "a number >= 0.0625 (the thinnest stage keeps 4 channels)"),
+    },
+    TrainConfig: {
+        "iterations": _at_least(1), "lr": _POSITIVE, "momentum": _in_range(0, 1, high_open=True),
+        "weight_decay": _at_least(0), "poly_power": _at_least(0), "eval_every": _at_least(0),
+        "checkpoint_every": _at_least(0), "log_every": _at_least(1),
+        "seed": ((lambda v: 0 <= v <= MAX_SEED), f"an integer from 0 to {MAX_SEED}"),
+        "device": ((lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None), "auto, cpu, cuda or cuda:N"),
+    },
+    LossConfig: {"aux_weight": _at_least(0)},
+    IDDConfig: {"min_pixels": _at_least(1)},
+    PIDConfig: {"targets": ((lambda v: len(v) >= 1), "one or more position maps (x y gaussian)")},
+    AdversarialConfig: {"d_weight": _at_least(0), "gp_weight": _at_least(0), "lr": _POSITIVE,
+                        "betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
+                        "conv_dim": _at_least(1)},
+    SyntheticConfig: {"num_train": _at_least(2), "num_val": _at_least(1)},
+}
+
+
+def check_limits(cfg: Any, prefix: str = "") -> None:
+    """Raise a one-line ``ValueError`` naming the first option of ``cfg`` (a nested config) outside
+    what it accepts (:data:`LIMITS`)."""
+    limits = LIMITS.get(type(cfg), {})
+    for f in dataclasses.fields(cfg):
+        value, name = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_limits(value, f"{name}.")
+        elif f.name in limits and not limits[f.name][0](value):
+            raise ValueError(f"options: {name} expects {limits[f.name][1]}, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else repr(value)
 
 
 @dataclass(frozen=True)
@@ -223,6 +305,24 @@ class Profile:
     analysis_images: int = 60             # validation images for distance matrices / probes
     tsne_pixels_per_class: int = 150
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    options: tuple[tuple[str, str], ...] = ()  # the run-config options applied by configure()
+
+    def configure(self, options: dict[str, str]) -> Profile:
+        """This profile with run-config options applied to its parts: ``data.*``, ``model.*`` (the
+        student), ``train.*`` (the student's schedule), ``teacher.*`` and ``teacher_train.*``. A
+        study on a dataset folder (``data.root=...``) or at another size is this. Per-run settings
+        (``loss.*``, ``train.seed``) are refused here: they belong to one run, not to the profile."""
+        for key in options:
+            if key.startswith("loss.") or key == "train.seed":
+                raise ValueError(f"options: {key} is set per run (02_distill's options, 03_ablation's variants), "
+                                 "not for a whole profile")
+        if not options:
+            return self
+        cfg = apply_overrides(self.run_config(seed=self.student_train.seed), options)
+        check_limits(cfg)
+        return dataclasses.replace(self, data=cfg.data, student=cfg.model, student_train=cfg.train,
+                                   teacher=cfg.teacher, teacher_train=cfg.teacher_train,
+                                   options=(*self.options, *options.items()))
 
     def sweep_profile(self, prior: float) -> Profile:
         """The sweep's copy of this profile for one ``position_prior``: reduced data and schedules,
@@ -248,7 +348,17 @@ class Profile:
                          loss=LossConfig(method=method), teacher=self.teacher, teacher_train=self.teacher_train)
 
     def teacher_config(self) -> RunConfig:
-        return RunConfig(data=self.data, model=self.teacher, train=self.teacher_train)
+        return teacher_of(self.run_config())
+
+
+def teacher_of(cfg: RunConfig) -> RunConfig:
+    """The teacher a student run distils from: trained on the run's data (dataset, folder,
+    synthetic knobs, augmentation, batch) with the run's ``teacher`` network and ``teacher_train``
+    schedule. Its digest names its cache folder, so any of these options selects (and trains once)
+    its own teacher."""
+    if cfg.teacher is None or cfg.teacher_train is None:
+        raise ValueError("teacher: this run config has no teacher network or schedule")
+    return RunConfig(data=cfg.data, model=cfg.teacher, train=cfg.teacher_train)
 
 
 _TINY_TEACHER = ModelConfig(block="basic", layers=(1, 1, 1, 1), width=0.5, head="psp", head_channels=128)
@@ -324,6 +434,11 @@ def get_profile(name: str) -> Profile:
         raise ValueError(f"profile: unknown profile {name!r}; expected one of {sorted(PROFILES)}") from None
 
 
+def study_profile(name: str, options: str = "") -> Profile:
+    """A registered profile with the notebooks' ``options`` text applied (:meth:`Profile.configure`)."""
+    return get_profile(name).configure(parse_assignments(options, "options"))
+
+
 def parse_assignments(text: str, what: str) -> dict[str, str]:
     """``"a=1, b.c=x"`` -> ``{"a": "1", "b.c": "x"}``; ``what`` names the parameter in errors."""
     pairs: dict[str, str] = {}
@@ -358,18 +473,28 @@ def _coerce(value: str, current: Any, key: str) -> Any:
         raise ValueError(f"options: {key} expects true/false, got {value!r}")
     if isinstance(current, (int, float)) and not isinstance(current, bool):
         try:
-            return type(current)(value)
+            number = type(current)(value)
         except ValueError:
             raise ValueError(f"options: {key} expects a {type(current).__name__}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"options: {key} expects a finite number, got {value!r}")
+        return number
     if isinstance(current, tuple):
         parts = [p for p in value.replace("+", " ").replace("/", " ").split()]
         return tuple(_coerce(p, current[0], key) for p in parts) if current else tuple(parts)
     return value
 
 
+# Run-config fields that have a parameter of their own rather than an option.
+NOT_OPTIONS = {"loss.method": "the method parameter (method=idd)",
+               "loss.weights": 'the weights parameter (weights="idd=10,kd=1")'}
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, str]) -> Any:
     """Return a copy of a (nested) dataclass with dotted-key overrides applied and type-coerced."""
     for dotted, value in overrides.items():
+        if isinstance(cfg, RunConfig) and dotted in NOT_OPTIONS:
+            raise ValueError(f"options: {dotted} is not an option; set it with {NOT_OPTIONS[dotted]}")
         cfg = _replace_path(cfg, dotted.split("."), value, dotted)
     return cfg
 
@@ -392,4 +517,7 @@ def _replace_path(obj: Any, path: list[str], value: str, dotted: str) -> Any:
         if not dataclasses.is_dataclass(current):
             raise ValueError(f"options: unknown option {dotted!r}")
         new = _replace_path(current, path[1:], value, dotted)
-    return dataclasses.replace(obj, **{path[0]: new})
+    try:
+        return dataclasses.replace(obj, **{path[0]: new})
+    except ValueError as err:  # a config's own check (SyntheticConfig.__post_init__) names no option
+        raise ValueError(f"options: {dotted}={value}: {err}") from None

@@ -5,8 +5,10 @@
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29400 \\
         -m idd_lib.launch --profile paper-cityscapes --method idd --options "data.root=/data/cityscapes"
 
-``--method teacher`` trains only the profile's teacher; a student run trains the teacher first when
-it is not cached (data-parallel too). Rank 0 prints the result's summary as one JSON line. Every
+``--method teacher`` trains only the profile's teacher (it takes ``data.*``, ``teacher.*`` and
+``teacher_train.*`` options); a student run trains its teacher first when it is not cached
+(data-parallel too), the one of the student's data and ``teacher*`` options.
+``--profile-options`` applies options to the whole profile (what the notebooks' ``options`` do). Rank 0 prints the result's summary as one JSON line. Every
 node must see the same results folder (``$IDD_RESULTS``): rank 0 writes it, the others read
 the teacher from it.
 """
@@ -19,7 +21,7 @@ import sys
 import torch.distributed as dist
 
 from . import distributed
-from .config import get_profile, parse_assignments, parse_weights
+from .config import parse_assignments, parse_weights, study_profile
 
 SUMMARY_KEYS = ("method", "seed", "steps", "miou", "wall_time_s", "run_dir")
 
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default="", help='loss-weight overrides, e.g. "idd=10,kd=1"')
     parser.add_argument("--options", default="", help='config overrides, e.g. "train.iterations=100"')
+    parser.add_argument("--profile-options", default="", help='options of the whole profile, e.g. "data.root=/data"')
     parser.add_argument("--tag", default="")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -39,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     distributed.init_from_env()
     rank0 = distributed.is_main()
     try:
-        profile = get_profile(args.profile)
+        profile = study_profile(args.profile, args.profile_options)
+        options = parse_assignments(args.options, "options")
         if args.method == "teacher":
-            result = runs.ensure_teacher(profile, not args.no_progress)[1]
+            result = runs.ensure_teacher(profile, not args.no_progress, options=options)[1]
         else:
-            result = runs.run_student(profile, args.method, args.seed, parse_weights(args.weights),
-                                      parse_assignments(args.options, "options"), args.tag, not args.no_progress)
+            result = runs.run_student(profile, args.method, args.seed, parse_weights(args.weights), options, args.tag,
+                                      not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
         if rank0:
             print(f"error: {err}", file=sys.stderr)

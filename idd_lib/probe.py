@@ -30,27 +30,29 @@ from sklearn.metrics import r2_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
+from .data.datasets import eval_loader
 from .losses import position_targets
 
 TARGETS = ("x", "y", "gaussian")
 
 
 @torch.no_grad()
-def feature_maps(model: nn.Module, dataset, max_images: int | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 16) -> torch.Tensor:
+def feature_maps(model: nn.Module, dataset, max_images: int | None = None,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
     """Head features (``feat``) of the first ``max_images`` images of ``dataset``: N x C x h x w on
-    the CPU. The model is evaluated in eval mode and left in the mode it came in."""
-    if max_images is not None and max_images < len(dataset):
-        dataset = Subset(dataset, range(max_images))
-    if len(dataset) == 0:
+    the CPU. The model is evaluated in eval mode and left in the mode it came in. In a split of
+    mixed image sizes every map is resized (bilinear) to the first one's size: the probe's targets
+    are position maps in image-relative coordinates, which resizing keeps."""
+    if len(dataset) == 0 or max_images == 0:
         raise ValueError("dataset: no images to probe")
     was_training = model.training
     model.eval().to(device)
-    maps = [model(images.to(device))["feat"].float().cpu() for images, _ in DataLoader(dataset, batch_size)]
+    maps = [model(images.to(device))["feat"].float().cpu() for images, _ in eval_loader(dataset, max_images)]
     model.train(was_training)
-    return torch.cat(maps)
+    size = maps[0].shape[-2:]
+    return torch.cat([m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                      for m in maps])
 
 
 def patches(features: torch.Tensor, kernel: int = 3) -> np.ndarray:

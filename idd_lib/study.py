@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Profile, get_profile, parse_assignments, parse_weights
+from .config import Profile, parse_assignments, parse_weights, study_profile
 from .paths import profile_dir, project_root
-from .runs import override_tag, run_dir, student_config
+from .runs import join_options, override_tag, run_dir, student_config
 
 # 07_position runs before 06_report: the report collects what every analysis notebook wrote.
 STUDY_NOTEBOOKS = ("00_synthetic_data", "01_teacher", "03_ablation", "04_interclass_distance", "05_tsne",
@@ -98,17 +98,32 @@ def run_distill_notebook(profile: Profile, run: dict[str, Any], progress: bool =
     cfg = student_config(profile, run["method"], run["seed"], parse_weights(run["weights"]),
                          parse_assignments(run["options"], "options"))
     output = run_dir(profile, cfg, run["tag"]) / "02_distill.ipynb"
-    execute("02_distill", output, {"profile": profile.name, **run, "progress": progress})
+    profile_options = {"profile_options": join_options(dict(profile.options))} if profile.options else {}
+    execute("02_distill", output, {"profile": profile.name, **profile_options, **run, "progress": progress})
     return output
 
 
-def run_study(profile_name: str, force: bool = False, only: tuple[str, ...] = ()) -> Path:
-    profile = get_profile(profile_name)
+def notebook_parameters(profile: Profile, name: str, options: str) -> dict[str, Any] | None:
+    """What the study passes to notebook ``name``; None: the notebook does not apply to the profile's
+    data (the synthetic benchmark's samples and position-prior sweep need the synthetic dataset)."""
+    synthetic = profile.data.dataset == "synthetic"
+    if name == "00_synthetic_data" and not synthetic:
+        return None
+    parameters: dict[str, Any] = {"profile": profile.name, **({"options": options} if options else {})}
+    return {**parameters, "sweep": False} if name == "07_position" and not synthetic else parameters
+
+
+def run_study(profile_name: str, force: bool = False, only: tuple[str, ...] = (), options: str = "") -> Path:
+    profile = study_profile(profile_name, options)
     out = profile_dir(profile.name)
     started = time.time()
     for name in only or STUDY_NOTEBOOKS:
         t0 = time.time()
-        ran = execute(name, out / "notebooks" / f"{name}.ipynb", {"profile": profile.name}, force)
+        parameters = notebook_parameters(profile, name, options)
+        if parameters is None:
+            print(f"[study] {name}: skipped ({profile.data.dataset} data, not the synthetic benchmark)", flush=True)
+            continue
+        ran = execute(name, out / "notebooks" / f"{name}.ipynb", parameters, force)
         print(f"[study] {name}: {'done' if ran else 'complete, skipped'} in {time.time() - t0:.0f} s", flush=True)
     print(f"[study] profile {profile.name}: {time.time() - started:.0f} s; report: {out / 'REPORT.md'}", flush=True)
     return out / "REPORT.md"
@@ -119,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default", help="profile to run (see idd_lib.config.PROFILES)")
     parser.add_argument("--force", action="store_true", help="re-execute notebooks even if complete")
     parser.add_argument("--only", nargs="*", default=(), help="run only these notebooks")
+    parser.add_argument("--options", default="", help='options of every run, e.g. "data.root=/data/cityscapes"')
     args = parser.parse_args(argv)
     try:
-        run_study(args.profile, args.force, tuple(args.only))
+        run_study(args.profile, args.force, tuple(args.only), args.options)
     except (StudyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

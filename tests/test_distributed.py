@@ -39,7 +39,7 @@ def test_global_batch_must_divide_over_the_processes():
 def test_validation_shards_cover_every_image_once(tiny_profile):
     from idd_lib.data.datasets import build_dataset
     val = build_dataset(tiny_profile.data, "val", train=False)
-    seen = [list(eval_loader(val, tiny_profile.data, rank=r, world=3).sampler) for r in range(3)]
+    seen = [list(eval_loader(val, rank=r, world=3).sampler) for r in range(3)]
     assert sorted(i for shard in seen for i in shard) == list(range(len(val)))
 
 

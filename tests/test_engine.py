@@ -8,8 +8,9 @@ from idd_lib import engine, runs
 from idd_lib.models import build_segmentor
 
 
-def test_same_seed_twice_gives_identical_metrics(tiny_profile):
+def test_same_seed_twice_gives_identical_metrics(tiny_profile, tmp_path, monkeypatch):
     a = runs.run_student(tiny_profile, "idd+pid", seed=0, tag="a", progress=False)
+    monkeypatch.setenv("IDD_RESULTS", str(tmp_path / "again"))  # one folder per config: run it again elsewhere
     b = runs.run_student(tiny_profile, "idd+pid", seed=0, tag="b", progress=False)
     assert a["run_dir"] != b["run_dir"]
     assert a["per_class_iou"] == b["per_class_iou"] and a["miou"] == b["miou"]

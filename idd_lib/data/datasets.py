@@ -127,8 +127,11 @@ class SegmentationDataset(Dataset):
     ``(seed, epoch, index)``.
     """
 
-    def __init__(self, root: Path, split: str, spec: DatasetSpec, transform: v2.Transform, seed: int = 0):
+    def __init__(self, root: Path, split: str, spec: DatasetSpec, transform: v2.Transform, seed: int = 0,
+                 eval_batch_size: int = DataConfig.eval_batch_size, num_workers: int = 0):
         self.root, self.split, self.spec, self.transform, self.seed = Path(root), split, spec, transform, seed
+        # how the dataset is read for evaluation and analysis (data.eval_batch_size, data.num_workers)
+        self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         if spec.name in ("synthetic", "cityscapes"):
             validation.check_cityscapes_split(root, split)  # names the missing folder/file, unlike torchvision
             self.base = datasets.Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
@@ -142,6 +145,17 @@ class SegmentationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def require_labels(self) -> None:
+        """Raise naming the split when no label file holds a pixel of a class (all void or ignore):
+        training on it gives NaN losses and evaluating it an undefined mIoU. Files are read until
+        the first labelled one, so a usual split costs one file."""
+        lookup = self.spec.lookup()
+        if any((lookup[validation.read_label(target[0])] != IGNORE_INDEX).any() for target in self.base.targets):
+            return
+        raise validation.DatasetError(
+            f"{self.root} ({self.split} split): none of its {len(self)} label files holds a pixel of a class "
+            f"(every value is void or 255); expected label ids of the {self.spec.name} classes")
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -166,7 +180,7 @@ def build_dataset(cfg: DataConfig, split: str, train: bool, seed: int = 0) -> Se
             raise ValueError("data.crop_size: real datasets need a training crop, e.g. data.crop_size=512 1024")
         crop, short = cfg.crop_size or (0, 0), cfg.base_size or layouts.BASE_SIZE[cfg.dataset]
     transform = train_transform(cfg, short, tuple(crop)) if train else eval_transform()
-    return SegmentationDataset(root, split, spec, transform, seed)
+    return SegmentationDataset(root, split, spec, transform, seed, cfg.eval_batch_size, cfg.num_workers)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -210,9 +224,14 @@ def train_loader(dataset: SegmentationDataset, cfg: DataConfig, total_steps: int
                       prefetch_factor=4 if cfg.num_workers else None)
 
 
-def eval_loader(dataset: SegmentationDataset, cfg: DataConfig, pin_memory: bool = False,
+def eval_loader(dataset: SegmentationDataset, max_images: int | None = None, pin_memory: bool = False,
                 rank: int = 0, world: int = 1) -> DataLoader:
-    """Rank ``r`` of ``world`` evaluates images ``r, r + world, ...``: no image twice, unlike a
-    padded DistributedSampler, so the mIoU summed over ranks is the single-process one."""
-    return DataLoader(dataset, batch_size=cfg.eval_batch_size, sampler=range(rank, len(dataset), world),
-                      num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0)
+    """The one loader of evaluation and analysis: the first ``max_images`` images (all: None) in
+    order, ``data.eval_batch_size`` at a time (1 for a split of mixed image sizes). Rank ``r`` of
+    ``world`` evaluates images ``r, r + world, ...``: no image twice, unlike a padded
+    DistributedSampler, so the mIoU summed over ranks is the single-process one."""
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    workers = getattr(dataset, "num_workers", 0)
+    return DataLoader(dataset, batch_size=getattr(dataset, "eval_batch_size", DataConfig.eval_batch_size),
+                      sampler=range(rank, count, world), num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0)

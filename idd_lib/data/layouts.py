@@ -74,7 +74,16 @@ def read_class_names(root: str | Path) -> tuple[str, ...]:
     if not path.is_file():
         raise DatasetError(f"{path}: missing; the folder format needs classes.txt with one class name per line "
                            "(line k names class index k in the masks)")
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():  # trailing blank lines shift nothing
+        lines.pop()
+    names = tuple(line.strip() for line in lines)
+    if "" in names:
+        raise DatasetError(f"{path}: line {names.index('') + 1} is blank; expected one class name per line "
+                           "(line k names class index k, so a blank line would shift every later class)")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: class name {repeated[0]!r} appears more than once; expected distinct names")
     if not 1 <= len(names) <= 255:
         raise DatasetError(f"{path}: {len(names)} class names; expected 1 to 255 (255 is the ignore index)")
     return names
@@ -94,7 +103,13 @@ def _pairs_by_stem(image_dir: Path, label_dir: Path, label_suffix: str = ".png")
     for folder in (image_dir, label_dir):
         if not folder.is_dir():
             raise DatasetError(f"{folder}: missing; expected a folder of {'labels' if folder == label_dir else 'images'}")
-    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    images: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in images:
+                raise DatasetError(f"{path}: a second image for {images[path.stem].name}'s label; expected one "
+                                   f"image per stem (keep {path.name} or {images[path.stem].name})")
+            images[path.stem] = path
     labels = {p.name[:-len(label_suffix)]: p for p in label_dir.iterdir() if p.name.endswith(label_suffix)}
     if not images:
         raise DatasetError(f"{image_dir}: no images ({'/'.join(IMAGE_SUFFIXES)})")

@@ -116,6 +116,11 @@ def _decode(path: str | Path, what: str) -> Image.Image:
                            "folder)") from None
 
 
+def read_label(path: str | Path) -> np.ndarray:
+    """The stored values of one label file (decoded, not checked)."""
+    return np.asarray(_decode(path, "label"))
+
+
 def read_sample(image_path: str | Path, label_path: str | Path,
                 legal: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode one pair into ``H x W x 3`` uint8 RGB and ``H x W`` uint8 stored label values,
