@@ -136,6 +136,17 @@ def prefit_terms(criterion: DistillationCriterion, teacher: nn.Module, dataset, 
             term.prefit(teacher_outputs())
 
 
+def require_finite_weights(model: nn.Module, step: int, checkpoint: Path) -> None:
+    """The per-step check reads the losses, which the last update comes after: a step that turned
+    the weights non-finite must not end as a finished run (its mIoU would be argmax of NaN)."""
+    state = [t for t in model.state_dict().values() if t.is_floating_point()]
+    if not all(bool(torch.isfinite(t).all()) for t in state):
+        raise FloatingPointError(
+            f"step {step}: the network's weights are not finite after its last update; training stopped, "
+            f"last good checkpoint kept at {checkpoint if checkpoint.exists() else '(none yet)'}; "
+            "lower train.lr or the loss weights")
+
+
 def load_model(run_dir: Path, cfg: RunConfig, device: torch.device | str = "cpu") -> Segmentor:
     """The final network of a finished run, checked against the config it should match."""
     num_classes = dataset_spec(cfg.data).num_classes
@@ -296,6 +307,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
         if must_save and step < total:
             save_checkpoint()
     bar.close()
+    require_finite_weights(model, step, checkpoint)
     metrics = validate()
     log.write({"step": step, "split": "val", **metrics})
     log.close()

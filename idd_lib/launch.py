@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = runs.run_student(profile, args.method, args.seed, parse_weights(args.weights), options, args.tag,
                                       not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
         if rank0:
             print(f"error: {err}", file=sys.stderr)
         return 2

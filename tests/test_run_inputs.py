@@ -278,3 +278,22 @@ def test_write_failures_name_the_file_and_leave_no_temporary_file(tiny_profile, 
     with pytest.raises(ValueError, match=rf"config.json: cannot write \(.*{reason}"):
         engine.train(cfg, tmp_path / "run", progress=False)
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+def test_weights_turned_non_finite_by_the_last_update_never_finish_a_run(tiny_profile, tmp_path, monkeypatch):
+    """The per-step check reads the losses, computed before the update; a last update that breaks
+    the weights (seen on the paper preset at 2 steps) left a 'finished' run of argmax-of-NaN."""
+    step = engine.training_step
+    calls = []
+
+    def last_update_breaks(network, *args, **kwargs):
+        out = step(network, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == tiny_profile.student_train.iterations:
+            with torch.no_grad():
+                next(network.parameters()).fill_(float("nan"))
+        return out
+    monkeypatch.setattr(engine, "training_step", last_update_breaks)
+    with pytest.raises(FloatingPointError, match="step 4: the network's weights are not finite after its last update"):
+        engine.train(tiny_profile.run_config("baseline", 0), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / rundir.RESULT).exists()
