@@ -268,7 +268,9 @@ def check_limits(cfg: Any, prefix: str = "") -> None:
         if dataclasses.is_dataclass(value):
             check_limits(value, f"{name}.")
         elif f.name in limits and not limits[f.name][0](value):
-            raise ValueError(f"options: {name} expects {limits[f.name][1]}, got {_show(value)}")
+            noun = "an integer" if isinstance(value, int) and not isinstance(value, bool) else "a number"
+            raise ValueError(f"options: {name} expects {limits[f.name][1].replace('a number', noun, 1)}, "
+                             f"got {_show(value)}")
 
 
 def _show(value: Any) -> str:

@@ -195,7 +195,7 @@ def test_damaged_run_files_are_named_and_the_report_skips_them(tiny_profile):
 # --- 7, 8: options checked before any work, degenerate settings refused ----------------------------
 
 BAD_OPTIONS = [
-    ("train.iterations", "0", "expects a number >= 1"), ("train.iterations", "-5", "expects a number >= 1"),
+    ("train.iterations", "0", "expects an integer >= 1"), ("train.iterations", "-5", "expects an integer >= 1"),
     ("data.batch_size", "0", "an integer >= 2"), ("data.batch_size", "-1", "an integer >= 2"),
     ("data.batch_size", "1", "an integer >= 2"), ("train.log_every", "0", ">= 1"),
     ("data.crop_size", "0 0", "two sizes >= 1"), ("data.scale_range", "0 0", "0 < low <= high"),
