@@ -14,6 +14,7 @@ import random
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,8 @@ from tqdm import tqdm
 
 from . import distributed
 from .config import EvalConfig, RunConfig, check_limits
-from .data.datasets import IGNORE_INDEX, build_dataset, dataset_spec, eval_loader, train_loader
+from .data.datasets import (IGNORE_INDEX, DatasetSpec, SegmentationDataset, build_dataset, dataset_spec, eval_loader,
+                            train_loader)
 from .losses import DistillationCriterion
 from .inference import check_eval_config, predict
 from .models import Segmentor, build_segmentor
@@ -165,6 +167,153 @@ def load_model(run_dir: Path, cfg: RunConfig, device: torch.device | str = "cpu"
     return model.to(device).eval()
 
 
+@dataclass
+class TrainingRun:
+    """What the loop of one run works on: built by :func:`setup`, advanced by :func:`train`."""
+    cfg: RunConfig
+    folder: Path
+    device: torch.device
+    memory_format: torch.memory_format
+    spec: DatasetSpec
+    train_set: SegmentationDataset
+    val_set: SegmentationDataset
+    model: Segmentor                      # the student (or the teacher being trained)
+    network: nn.Module                    # the model as stepped: DDP-wrapped and/or compiled
+    teacher: nn.Module | None             # the frozen teacher as called (compiled when asked)
+    criterion: DistillationCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    started: float
+    step: int = 0
+    rng_state: dict[str, Any] | None = None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.train.amp and self.cuda
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / CHECKPOINT
+
+
+def _device(cfg: RunConfig) -> torch.device:
+    device = resolve_device(cfg.train.device)
+    return distributed.device() if distributed.world_size() > 1 and device.type == "cuda" else device
+
+
+def setup(cfg: RunConfig, folder: Path, teacher: Segmentor | None, fresh: bool) -> TrainingRun:
+    """Data, networks, loss terms and optimiser of a run, in the order that fixes its random draws."""
+    started, device = time.time(), _device(cfg)
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if cfg.train.channels_last and cuda else torch.contiguous_format
+    torch.backends.cudnn.benchmark = cuda  # fixed training crops: the autotuned kernels are reused
+    # every rank draws the same random numbers (dropout, CIRKD's queue keys), so replicated state stays equal
+    seed_everything(cfg.train.seed)
+    spec = dataset_spec(cfg.data)
+    train_set = build_dataset(cfg.data, "train", train=True, seed=cfg.train.seed)
+    val_set = build_dataset(cfg.data, "val", train=False)
+    for split in (train_set, val_set):
+        split.require_labels()
+    check_eval_config(cfg.train.eval)
+    # ImageNet initialisation only for a fresh start: a resumed run loads its own weights
+    model = build_segmentor(cfg.model, spec.num_classes, pretrained=fresh).to(device, memory_format=memory_format)
+    teacher_channels = teacher.feature_channels if teacher is not None else None
+    criterion = DistillationCriterion(cfg.loss, spec.num_classes, model.feature_channels, teacher_channels).to(device)
+    if criterion.needs_teacher:
+        # eval mode: the teacher returns only what the losses read ("out", "feat"; no auxiliary head)
+        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
+    if distributed.world_size() > 1 and cfg.train.sync_bn and not cuda and distributed.is_main():
+        warnings.warn("train.sync_bn: PyTorch's SyncBatchNorm needs CUDA; this CPU (gloo) run keeps "
+                      "per-process BatchNorm statistics", stacklevel=3)
+    network = distributed.wrap(model, cfg.train.sync_bn and cuda)
+    if cfg.train.compile:
+        network = torch.compile(network)
+        teacher = torch.compile(teacher) if criterion.needs_teacher else teacher
+    # terms that train modules with their own optimiser (the adversarial discriminator) keep them out
+    params = [p for p in (*model.parameters(), *criterion.student_parameters()) if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(cfg.train.iterations, cfg.train.poly_power))
+    return TrainingRun(cfg, folder, device, memory_format, spec, train_set, val_set, model, network, teacher,
+                       criterion, optimizer, scheduler, started)
+
+
+def resume_or_start(run: TrainingRun, resume: bool) -> None:
+    """Load the run's checkpoint when resuming from one (its log trimmed to it), else write its
+    config and provenance: only rank 0 writes."""
+    main, cfg = distributed.is_main(), run.cfg
+    if resume and run.checkpoint.exists():
+        state = load_run_state(run.checkpoint, "delete it to restart this run from step 0")
+        for name in ("model", "criterion", "optimizer", "scheduler"):
+            getattr(run, name).load_state_dict(state[name])
+        run.rng_state, run.step = state["rng"], state["step"]
+        run.started -= state.get("elapsed", 0.0)
+        if main:
+            drop_rows_after(run.folder / METRICS, run.step, final=run.step == cfg.train.iterations)
+            update_provenance(run.folder, resumed_at=run.step)
+    elif main:
+        (run.folder / METRICS).unlink(missing_ok=True)
+        atomic_write_text(run.folder / CONFIG, json.dumps(cfg.to_dict(), indent=2, default=str))
+        atomic_write_text(run.folder / PROVENANCE, json.dumps(
+            {**provenance(run.device), "seed": cfg.train.seed, "processes": distributed.world_size()}, indent=2))
+
+
+def save_checkpoint(run: TrainingRun) -> None:
+    if distributed.is_main():
+        atomic_save({"model": run.model.state_dict(), "criterion": run.criterion.state_dict(),
+                     "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                     "rng": _rng_state(), "step": run.step, "elapsed": time.time() - run.started}, run.checkpoint)
+
+
+def read_values(run: TrainingRun, loss: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The terms' and the total's mean over ranks (one all-reduce: every rank logs, and stops on,
+    the same values); a non-finite one stops the run."""
+    names = [*values, "total"]
+    means = distributed.average(torch.stack([v.detach().float() for v in (*values.values(), loss)]))
+    read = dict(zip(names, means.tolist()))
+    bad = [n for n, v in read.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(
+            f"step {run.step}: loss term {bad[0]!r} is {read[bad[0]]}; training stopped, last good checkpoint "
+            f"kept at {run.checkpoint if run.checkpoint.exists() else '(none yet)'}")
+    return read
+
+
+def validate(run: TrainingRun, on_evaluate: Callable[[nn.Module], dict[str, float]] | None,
+             loader) -> dict[str, Any]:
+    metrics = evaluate(run.model, loader, run.spec.num_classes, run.device, run.amp, run.cfg.train.eval)
+    if on_evaluate is not None:
+        with torch.random.fork_rng(devices=[]):  # an analysis hook must not change the training's dropout draws
+            metrics.update(on_evaluate(run.model))
+    return metrics
+
+
+def finish(run: TrainingRun, metrics: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The final checkpoint, model.pt, provenance and result.json (rank 0); the result on every rank."""
+    cfg, world = run.cfg, distributed.world_size()
+    save_checkpoint(run)
+    result = {"method": cfg.loss.method, "seed": cfg.train.seed, "steps": run.step, **metrics,
+              "class_names": list(run.spec.class_names), "weights": run.criterion.weights,
+              **run.criterion.prefit_losses(), "wall_time_s": time.time() - run.started,
+              "config_digest": cfg.digest(), "run_dir": str(run.folder), **(extra or {})}
+    if world > 1:
+        result["processes"] = world
+        result["replicas_in_sync"] = distributed.replicas_agree([*run.model.parameters(), *run.criterion.parameters()])
+        if not result["replicas_in_sync"] and distributed.is_main():
+            warnings.warn(f"{run.folder}: the {world} processes ended with different weights; model.pt is rank 0's",
+                          stacklevel=3)
+    if distributed.is_main():
+        atomic_save(run.model.state_dict(), run.folder / MODEL)
+        update_provenance(run.folder, finished=now())
+        write_result(run.folder, result)
+    distributed.barrier()  # the other ranks may read model.pt next (a teacher for the students)
+    return result
+
+
 def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, resume: bool = True,
           progress: bool = True, extra: dict[str, Any] | None = None,
           on_evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> dict[str, Any]:
@@ -177,154 +326,51 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     its numbers join that validation row and, at the end, the result - e.g. the agreement with
     the teacher's distance matrix (:class:`idd_lib.analysis.TeacherAgreement`).
     """
-    run_dir = make_folder(Path(run_dir))
-    if (run_dir / RESULT).exists() and resume:
-        return read_result(run_dir)
+    folder = make_folder(Path(run_dir))
+    if (folder / RESULT).exists() and resume:
+        return read_result(folder)
     check_limits(cfg)
-    started = time.time()
-    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
-    device = resolve_device(cfg.train.device)
-    if world > 1 and device.type == "cuda":
-        device = distributed.device()
-    cuda = device.type == "cuda"
-    amp = cfg.train.amp and cuda
-    memory_format = torch.channels_last if cfg.train.channels_last and cuda else torch.contiguous_format
-    torch.backends.cudnn.benchmark = cuda  # fixed training crops: the autotuned kernels are reused
-    # every rank draws the same random numbers (dropout, CIRKD's queue keys), so replicated state stays equal
-    seed_everything(cfg.train.seed)
-    spec = dataset_spec(cfg.data)
-    train_set = build_dataset(cfg.data, "train", train=True, seed=cfg.train.seed)
-    val_set = build_dataset(cfg.data, "val", train=False)
-    for split in (train_set, val_set):
-        split.require_labels()
-
-    check_eval_config(cfg.train.eval)
-    # ImageNet initialisation only for a fresh start: a resumed run loads its own weights
-    fresh = not (resume and (run_dir / CHECKPOINT).exists())
-    model = build_segmentor(cfg.model, spec.num_classes, pretrained=fresh).to(device, memory_format=memory_format)
-    teacher_channels = teacher.feature_channels if teacher is not None else None
-    criterion = DistillationCriterion(cfg.loss, spec.num_classes, model.feature_channels, teacher_channels).to(device)
-    if criterion.needs_teacher:
-        # eval mode: the teacher returns only what the losses read ("out", "feat"; no auxiliary head)
-        teacher = teacher.to(device, memory_format=memory_format).eval().requires_grad_(False)
-    if world > 1 and cfg.train.sync_bn and not cuda and main:
-        warnings.warn("train.sync_bn: PyTorch's SyncBatchNorm needs CUDA; this CPU (gloo) run keeps "
-                      "per-process BatchNorm statistics", stacklevel=2)
-    network = distributed.wrap(model, cfg.train.sync_bn and cuda)
-    teacher_net = teacher
-    if cfg.train.compile:
-        network = torch.compile(network)
-        teacher_net = torch.compile(teacher) if criterion.needs_teacher else teacher
-    # terms that train modules with their own optimiser (the adversarial discriminator) keep them out
-    params = [p for p in (*model.parameters(), *criterion.student_parameters()) if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                weight_decay=cfg.train.weight_decay)
-    total = cfg.train.iterations
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(total, cfg.train.poly_power))
-
-    step = 0
-    rng_state = None
-    checkpoint = run_dir / CHECKPOINT
-    if resume and checkpoint.exists():
-        state = load_run_state(checkpoint, "delete it to restart this run from step 0")
-        model.load_state_dict(state["model"])
-        criterion.load_state_dict(state["criterion"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng_state = state["rng"]
-        step = state["step"]
-        started -= state.get("elapsed", 0.0)
-        if main:
-            drop_rows_after(run_dir / METRICS, step, final=step == total)
-            update_provenance(run_dir, resumed_at=step)
-    elif main:
-        (run_dir / METRICS).unlink(missing_ok=True)
-        atomic_write_text(run_dir / CONFIG, json.dumps(cfg.to_dict(), indent=2, default=str))
-        atomic_write_text(run_dir / PROVENANCE, json.dumps(
-            {**provenance(device), "seed": cfg.train.seed, "processes": world}, indent=2))
-
-    def save_checkpoint() -> None:
-        if not main:
-            return
-        atomic_save({"model": model.state_dict(), "criterion": criterion.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": _rng_state(), "step": step, "elapsed": time.time() - started}, checkpoint)
-
+    run = setup(cfg, folder, teacher, fresh=not (resume and (folder / CHECKPOINT).exists()))
+    resume_or_start(run, resume)
     # after loading a checkpoint: a resumed run's modules are fitted already
-    prefit_terms(criterion, teacher_net, train_set, cfg, device, memory_format, amp)
-    loader = train_loader(train_set, cfg.data, total, cfg.train.seed, start_step=step, pin_memory=cuda,
-                          rank=rank, world=world)
-    val = eval_loader(val_set, pin_memory=cuda, rank=rank, world=world)
-    model.train()
-    criterion.train()
-    log = MetricsLog(run_dir, enabled=main)
-    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=f"{cfg.loss.method} s{cfg.train.seed}",
-               file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
-    last_values: dict[str, float] = {}
-
-    def validate() -> dict[str, Any]:
-        metrics = evaluate(model, val, spec.num_classes, device, amp, cfg.train.eval)
-        if on_evaluate is not None:
-            with torch.random.fork_rng(devices=[]):  # an analysis hook must not change the training's dropout draws
-                metrics.update(on_evaluate(model))
-        return metrics
-
-    if on_evaluate is not None and cfg.train.eval_every and step == 0:
+    prefit_terms(run.criterion, run.teacher, run.train_set, cfg, run.device, run.memory_format, run.amp)
+    total, main = cfg.train.iterations, distributed.is_main()
+    loader = train_loader(run.train_set, cfg.data, total, cfg.train.seed, start_step=run.step, pin_memory=run.cuda,
+                          rank=distributed.rank(), world=distributed.world_size())
+    val = eval_loader(run.val_set, pin_memory=run.cuda, rank=distributed.rank(), world=distributed.world_size())
+    run.model.train()
+    run.criterion.train()
+    log = MetricsLog(folder, enabled=main)
+    bar = tqdm(total=total, initial=run.step, disable=not (progress and main), file=sys.stderr, mininterval=2.0,
+               desc=f"{cfg.loss.method} s{cfg.train.seed}", dynamic_ncols=True)
+    if on_evaluate is not None and cfg.train.eval_every and run.step == 0:
         with torch.random.fork_rng(devices=[]):  # the curve's starting point, without changing the run
-            log.write({"step": 0, "split": "val", **validate()})
+            log.write({"step": 0, "split": "val", **validate(run, on_evaluate, val)})
     batches = iter(loader)
-    if rng_state is not None:  # only now: creating the data iterator draws from the global RNG
-        _restore_rng(rng_state)
-    for images, labels in batches:
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        labels = labels.to(device, non_blocking=True)
-        loss, values = training_step(network, teacher_net, criterion, optimizer, images, labels, amp)
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        # Reading a value forces a host sync: on CUDA only at log/checkpoint steps.
-        must_log = step % cfg.train.log_every == 0 or step == total
-        must_save = cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
-        if must_log or must_save or not cuda:
-            # one all-reduce: every rank logs, and stops on, the same mean values
-            names = [*values, "total"]
-            means = distributed.average(torch.stack([v.detach().float() for v in (*values.values(), loss)]))
-            last_values = dict(zip(names, means.tolist()))
-            bad = [n for n, v in last_values.items() if not math.isfinite(v)]
-            if bad:
-                log.close()
-                raise FloatingPointError(
-                    f"step {step}: loss term {bad[0]!r} is {last_values[bad[0]]}; training stopped, last good "
-                    f"checkpoint kept at {checkpoint if checkpoint.exists() else '(none yet)'}")
-        if must_log:
-            row = {"step": step, "lr": scheduler.get_last_lr()[0], **{f"loss/{k}": v for k, v in last_values.items()},
-                   "time": time.time() - started}
-            log.write(row)
-            bar.set_postfix(loss=f"{last_values['total']:.3f}", refresh=False)
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
-            metrics = validate()
-            log.write({"step": step, "split": "val", **metrics})
-        if must_save and step < total:
-            save_checkpoint()
-    bar.close()
-    require_finite_weights(model, step, checkpoint)
-    metrics = validate()
-    log.write({"step": step, "split": "val", **metrics})
-    log.close()
-    save_checkpoint()
-    result = {"method": cfg.loss.method, "seed": cfg.train.seed, "steps": step, **metrics,
-              "class_names": list(spec.class_names), "weights": criterion.weights, **criterion.prefit_losses(),
-              "wall_time_s": time.time() - started, "config_digest": cfg.digest(),
-              "run_dir": str(run_dir), **(extra or {})}
-    if world > 1:
-        result["processes"] = world
-        result["replicas_in_sync"] = distributed.replicas_agree([*model.parameters(), *criterion.parameters()])
-        if not result["replicas_in_sync"] and main:
-            warnings.warn(f"{run_dir}: the {world} processes ended with different weights; model.pt is rank 0's",
-                          stacklevel=2)
-    if main:
-        atomic_save(model.state_dict(), run_dir / MODEL)
-        update_provenance(run_dir, finished=now())
-        write_result(run_dir, result)
-    distributed.barrier()  # the other ranks may read model.pt next (a teacher for the students)
-    return result
+    if run.rng_state is not None:  # only now: creating the data iterator draws from the global RNG
+        _restore_rng(run.rng_state)
+    with log, bar:
+        for images, labels in batches:
+            images = images.to(run.device, non_blocking=True, memory_format=run.memory_format)
+            loss, values = training_step(run.network, run.teacher, run.criterion, run.optimizer, images,
+                                         labels.to(run.device, non_blocking=True), run.amp)
+            run.scheduler.step()
+            run.step += 1
+            bar.update(1)
+            # Reading a value forces a host sync: on CUDA only at log/checkpoint steps.
+            must_log = run.step % cfg.train.log_every == 0 or run.step == total
+            must_save = cfg.train.checkpoint_every and run.step % cfg.train.checkpoint_every == 0
+            if must_log or must_save or not run.cuda:
+                read = read_values(run, loss, values)
+            if must_log:
+                log.write({"step": run.step, "lr": run.scheduler.get_last_lr()[0],
+                           **{f"loss/{k}": v for k, v in read.items()}, "time": time.time() - run.started})
+                bar.set_postfix(loss=f"{read['total']:.3f}", refresh=False)
+            if cfg.train.eval_every and run.step % cfg.train.eval_every == 0 and run.step < total:
+                log.write({"step": run.step, "split": "val", **validate(run, on_evaluate, val)})
+            if must_save and run.step < total:
+                save_checkpoint(run)
+        require_finite_weights(run.model, run.step, run.checkpoint)
+        metrics = validate(run, on_evaluate, val)
+        log.write({"step": run.step, "split": "val", **metrics})
+    return finish(run, metrics, extra)

@@ -200,3 +200,9 @@ class MetricsLog:
     def close(self) -> None:
         if self.handle is not None:
             self.handle.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
