@@ -33,7 +33,7 @@ from .inference import check_eval_config, predict
 from .models import Segmentor, build_segmentor
 from .provenance import provenance
 from .rundir import (CHECKPOINT, CONFIG, METRICS, MODEL, PROVENANCE, RESULT, atomic_save,  # noqa: F401 (load_state: tests)
-                     atomic_write_text, drop_rows_after, load_run_state, load_state, make_folder, now, MetricsLog, read_result,
+                     atomic_write_text, drop_rows_after, load_run_state, load_state, make_folder, now, MetricsLog, read_result, restore_rng, rng_state,
                      update_provenance, write_result)
 
 
@@ -74,23 +74,6 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device, a
 
 def _poly(total: int, power: float):
     return lambda step: (1 - step / total) ** power
-
-
-def _rng_state() -> dict[str, Any]:
-    # numpy's state as plain values: weights_only loading refuses numpy arrays
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [keys.tolist(), pos, has_gauss, gauss], "python": random.getstate()}
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
 
 
 def training_step(network: nn.Module, teacher: nn.Module | None, criterion: DistillationCriterion,
@@ -266,7 +249,7 @@ def save_checkpoint(run: TrainingRun) -> None:
     if distributed.is_main():
         atomic_save({"model": run.model.state_dict(), "criterion": run.criterion.state_dict(),
                      "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                     "rng": _rng_state(), "step": run.step, "elapsed": time.time() - run.started}, run.checkpoint)
+                     "rng": rng_state(), "step": run.step, "elapsed": time.time() - run.started}, run.checkpoint)
 
 
 def read_values(run: TrainingRun, loss: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -348,7 +331,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
             log.write({"step": 0, "split": "val", **validate(run, on_evaluate, val)})
     batches = iter(loader)
     if run.rng_state is not None:  # only now: creating the data iterator draws from the global RNG
-        _restore_rng(run.rng_state)
+        restore_rng(run.rng_state)
     with log, bar:
         for images, labels in batches:
             images = images.to(run.device, non_blocking=True, memory_format=run.memory_format)

@@ -13,10 +13,12 @@ import errno
 import json
 import os
 import pickle
+import random
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .paths import results_root
@@ -179,6 +181,23 @@ def update_provenance(folder: Path, resumed_at: int | None = None, **fields: Any
     if resumed_at is not None:
         prov["resumed"] = [*prov.get("resumed", []), {"step": resumed_at, "at": now()}]
     atomic_write_text(folder / PROVENANCE, json.dumps({**prov, **fields}, indent=2))
+
+
+def rng_state() -> dict[str, Any]:
+    # numpy's state as plain values: weights_only loading refuses numpy arrays
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [keys.tolist(), pos, has_gauss, gauss], "python": random.getstate()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 class MetricsLog:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import with_iterations
-from idd_lib import config, engine, losses, report, runs
+from idd_lib import config, engine, losses, report, rundir, runs
 from idd_lib.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
     np.random.seed(1)
     random.seed(2)
     np.random.rand(5), random.random(), np.random.randn()  # mid-stream: position and cached Gaussian matter
-    engine.atomic_save({"rng": engine._rng_state()}, tmp_path / "c.pt")
+    rundir.atomic_save({"rng": rundir.rng_state()}, tmp_path / "c.pt")
 
     def draws():
         return (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(),
@@ -148,7 +148,7 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
 
     first = draws()
     np.random.rand(100), random.random(), torch.rand(7)
-    engine._restore_rng(engine.load_state(tmp_path / "c.pt")["rng"])
+    rundir.restore_rng(rundir.load_state(tmp_path / "c.pt")["rng"])
     assert draws() == first
 
 
