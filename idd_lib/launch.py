@@ -19,7 +19,8 @@ import sys
 import torch.distributed as dist
 
 from . import distributed
-from .config import get_profile, parse_assignments, parse_weights
+from .config import parse_assignments, parse_weights
+from .presets import get_profile
 
 SUMMARY_KEYS = ("method", "seed", "steps", "miou", "wall_time_s", "run_dir")
 

@@ -38,7 +38,7 @@ def current_results(profile) -> list[dict]:
     """The finished student runs of ``profile`` whose config digest is what the code resolves today
     for their method, seed, weights and options. A run left in the folder by an earlier version of
     the config (older code, changed profile) is skipped, so it never mixes into the statistics."""
-    from .config import get_profile
+    from .presets import get_profile
     from .runs import collect_results, student_config
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -180,7 +180,7 @@ def write_report(profile_name: str) -> Path:
     import datetime
     import json
 
-    from .config import get_profile
+    from .presets import get_profile
     from .paths import profile_dir
     from .provenance import git_state
     from .runs import teacher_dir

@@ -15,12 +15,13 @@ from typing import Any
 
 from . import distributed
 from .analysis import TeacherAgreement
-from .config import PROFILES, LossConfig, Profile, RunConfig, apply_overrides, get_profile
+from .config import LossConfig, Profile, RunConfig, apply_overrides
 from .data.datasets import build_dataset, dataset_spec
 from .engine import RESULT, load_model, train
 from .losses import get_method, method_weights
 from .models import Segmentor
 from .paths import cache_root, profile_dir
+from .presets import PROFILES, get_profile
 
 
 def teacher_dir(profile: Profile) -> Path:

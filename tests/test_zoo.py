@@ -12,12 +12,13 @@ import torch.nn.functional as F
 
 from idd_lib import engine, runs
 from idd_lib.adversarial import HolisticAdversarialLoss
-from idd_lib.config import AdversarialConfig, CIRKDConfig, CWDConfig, LossConfig, PairwiseConfig, get_profile
+from idd_lib.config import AdversarialConfig, CIRKDConfig, CWDConfig, LossConfig, PairwiseConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.losses import (METHODS, TERM_BUILDERS, ChannelWiseDistillation, CrossImageMemoryLoss,
                             CrossImagePixelLoss, DistillationCriterion, IntraClassFeatureVariationLoss,
                             PairwiseAffinityLoss, method_weights)
 from idd_lib.models import build_segmentor
+from idd_lib.presets import get_profile
 
 K = 5
 ROOT = Path(__file__).resolve().parents[1]

@@ -64,6 +64,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PIL import Image
 
+from ..config import SyntheticConfig
+from . import IGNORE_INDEX
+
 if TYPE_CHECKING:  # matplotlib is imported lazily: generation must not pay for it
     from matplotlib.figure import Figure
 
@@ -87,33 +90,6 @@ __all__ = [
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Parameters of a synthetic dataset; two equal configs produce identical files."""
-
-    num_train: int = 240
-    num_val: int = 60
-    height: int = 96
-    width: int = 192
-    position_prior: float = 1.0  # 0 = position uninformative, 1 = Cityscapes-like, 2 = stronger
-    appearance_overlap: float = 0.6  # 0 = distinct class colours, 1 = confusable pairs identical
-    lighting: float = 0.3  # amplitude of per-image illumination variation
-    noise: float = 0.04  # per-pixel Gaussian noise std (image range [0, 1])
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_train < 0 or self.num_val < 0:
-            raise ValueError("num_train and num_val must be >= 0")
-        if self.height < 16 or self.width < 16:
-            raise ValueError("height and width must be >= 16")
-        if not 0.0 <= self.position_prior <= 2.0:
-            raise ValueError("position_prior must be in [0, 2]")
-        if not 0.0 <= self.appearance_overlap <= 1.0:
-            raise ValueError("appearance_overlap must be in [0, 1]")
-        if self.lighting < 0 or self.noise < 0:
-            raise ValueError("lighting and noise must be >= 0")
-
-
 # (name, Cityscapes labelId, Cityscapes palette colour), in trainId order.
 SYNTH_CLASSES: tuple[tuple[str, int, tuple[int, int, int]], ...] = (
     ("road", 7, (128, 64, 128)),
@@ -129,7 +105,6 @@ SYNTH_CLASSES: tuple[tuple[str, int, tuple[int, int, int]], ...] = (
 
 UNLABELED_ID = 0
 EGO_VEHICLE_ID = 1
-IGNORE_INDEX = 255
 
 # labelId -> trainId lookup (index with a uint8 labelId array); everything else -> ignore.
 LABEL_ID_TO_TRAIN_ID = np.full(256, IGNORE_INDEX, dtype=np.uint8)
