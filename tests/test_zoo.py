@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from idd_lib import engine, runs
-from idd_lib.adversarial import HolisticAdversarialLoss
+from idd_lib.losses.adversarial import HolisticAdversarialLoss
 from idd_lib.config import AdversarialConfig, CIRKDConfig, CWDConfig, LossConfig, PairwiseConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.losses import (METHODS, TERM_BUILDERS, ChannelWiseDistillation, CrossImageMemoryLoss,
