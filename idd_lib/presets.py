@@ -7,6 +7,7 @@ The schema they fill (``ModelConfig``, ``Profile``, ...) and the override parser
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from .config import DataConfig, ModelConfig, Profile, SweepConfig, SyntheticConfig, TrainConfig
 
@@ -28,31 +29,33 @@ ARCHITECTURES = {"pspnet_r18": PSPNET_R18, "pspnet_r101": PSPNET_R101,
 _TINY_TEACHER = ModelConfig(block="basic", layers=(1, 1, 1, 1), width=0.5, head="psp", head_channels=128)
 _TINY_STUDENT = ModelConfig(block="basic", layers=(1, 1, 1, 1), width=0.125, head="psp", head_channels=32)
 
-PROFILES: dict[str, Profile] = {
-    "quick": Profile(
-        name="quick", description="smoke size: minutes on 2 CPU cores, numbers not meaningful",
-        data=DataConfig(synthetic=SyntheticConfig(num_train=64, num_val=16, height=64, width=128), batch_size=8),
-        teacher=_TINY_TEACHER, student=_TINY_STUDENT,
-        teacher_train=TrainConfig(iterations=60, lr=0.02),
-        student_train=TrainConfig(iterations=30, lr=0.02, eval_every=10),
-        seeds=(0,), analysis_images=16, tsne_pixels_per_class=40,
-        sweep=SweepConfig(num_train=16, num_val=8, height=32, width=64, teacher_iterations=20,
-                          student_iterations=10)),
-    "default": Profile(
-        name="default", description="the embedded synthetic benchmark, CPU-sized (about 12 minutes on 2 cores)",
-        data=DataConfig(synthetic=SyntheticConfig(num_train=240, num_val=60, height=96, width=192), batch_size=8),
-        teacher=_TINY_TEACHER, student=_TINY_STUDENT,
-        teacher_train=TrainConfig(iterations=1000, lr=0.02),
-        student_train=TrainConfig(iterations=300, lr=0.02, eval_every=100),
-        seeds=(0, 1, 2)),
-}
+
+def _synthetic_profile(name: str, description: str, images: tuple[int, int], size: tuple[int, int],
+                       iterations: tuple[int, int], eval_every: int, **fields: Any) -> Profile:
+    """A profile on the embedded benchmark with the tiny PSP networks: ``images`` (train, val) of
+    ``size`` (h, w), ``iterations`` (teacher, student), SGD at lr 0.02, batch 8."""
+    synthetic = SyntheticConfig(num_train=images[0], num_val=images[1], height=size[0], width=size[1])
+    return Profile(name=name, description=description, data=DataConfig(synthetic=synthetic, batch_size=8),
+                   teacher=_TINY_TEACHER, student=_TINY_STUDENT,
+                   teacher_train=TrainConfig(iterations=iterations[0], lr=0.02),
+                   student_train=TrainConfig(iterations=iterations[1], lr=0.02, eval_every=eval_every), **fields)
+
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    _synthetic_profile("quick", "smoke size: minutes on 2 CPU cores, numbers not meaningful",
+                       (64, 16), (64, 128), (60, 30), eval_every=10, seeds=(0,), analysis_images=16,
+                       tsne_pixels_per_class=40,
+                       sweep=SweepConfig(num_train=16, num_val=8, height=32, width=64, teacher_iterations=20,
+                                         student_iterations=10)),
+    _synthetic_profile("default", "the embedded synthetic benchmark, CPU-sized (about 12 minutes on 2 cores)",
+                       (240, 60), (96, 192), (1000, 300), eval_every=100, seeds=(0, 1, 2)),
+)}
 
 
 # Paper-scale presets: real data in its own folder (data.root=...), the lineage's protocols
 # (docs/method.md, "The protocol of the method family"; docs/baselines.md, "Reported numbers").
-# Backbones start from the lineage's
-# deep-stem ImageNet files (resnet18-imagenet.pth / resnet101-imagenet.pth, linked from the SKD
-# and CIRKD READMEs) expected under pretrained/ in the project (a relative path is read from the
+# Backbones start from the lineage's deep-stem ImageNet files (resnet18-imagenet.pth /
+# resnet101-imagenet.pth, linked from the SKD and CIRKD READMEs) expected under pretrained/ in the project (a relative path is read from the
 # project root); a missing file stops the run at once saying so. Single-scale whole-image
 # evaluation, one image at a time (VOC/ADE20K images differ in size).
 PAPER_METHODS = ("baseline", "kd", "skd", "ifvd", "cwd", "cirkd", "idd", "idd+pid")

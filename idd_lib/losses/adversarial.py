@@ -16,7 +16,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from .. import distributed
 from ..config import AdversarialConfig, LossConfig
 from .common import check_choice, to_size
-from .registry import register_term
+from .registry import TermDims, register_term
 
 
 class SelfAttention(nn.Module):
@@ -107,9 +107,8 @@ class HolisticAdversarialLoss(nn.Module):
         return self._optimizer
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> HolisticAdversarialLoss:
-        return cls(num_classes, cfg.ho)
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> HolisticAdversarialLoss:
+        return cls(dims.num_classes, cfg.ho)
 
     def separate_parameters(self):
         """Trained by :meth:`update`, never by the student's optimiser."""

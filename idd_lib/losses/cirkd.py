@@ -9,7 +9,7 @@ from torch import nn
 from .. import distributed
 from ..config import CIRKDConfig, LossConfig
 from .common import IGNORE_INDEX, class_centres, class_weights, resize_labels, softmax_kl, to_size
-from .registry import register_term
+from .registry import TermDims, register_term
 
 
 @register_term("cirkd-mb")
@@ -35,8 +35,7 @@ class CrossImagePixelLoss(nn.Module):
         self.cfg = cfg
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> CrossImagePixelLoss:
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> CrossImagePixelLoss:
         return cls(cfg.cirkd)
 
     def _nodes(self, features: torch.Tensor) -> torch.Tensor:
@@ -96,9 +95,8 @@ class CrossImageMemoryLoss(nn.Module):
         self.register_buffer("region_ptr", torch.zeros(k, dtype=torch.long))
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> CrossImageMemoryLoss:
-        return cls(num_classes, student_channels, teacher_channels, cfg.cirkd)
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> CrossImageMemoryLoss:
+        return cls(dims.num_classes, dims.student_channels, dims.teacher_channels, cfg.cirkd)
 
     @staticmethod
     def _write(queue, ptr, classes, order, values) -> None:

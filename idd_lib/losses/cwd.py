@@ -6,7 +6,7 @@ from torch import nn
 
 from ..config import CWDConfig, LossConfig
 from .common import softmax_kl, to_size
-from .registry import register_term
+from .registry import TermDims, register_term
 
 
 @register_term("cwd", key="out")
@@ -40,9 +40,8 @@ class ChannelWiseDistillation(nn.Module):
             self.adapter = nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None, key: str = "out") -> ChannelWiseDistillation:
-        return cls(cfg.cwd, key, student_channels, teacher_channels)
+    def from_config(cls, cfg: LossConfig, dims: TermDims, key: str = "out") -> ChannelWiseDistillation:
+        return cls(cfg.cwd, key, dims.student_channels, dims.teacher_channels)
 
     def forward(self, student_out, teacher_out, labels):
         y_t = teacher_out[self.key].detach().float()

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import IDDConfig, LossConfig
 from .common import check_choice, class_centres, class_weights, pairwise_distances, to_size
-from .registry import register_term
+from .registry import TermDims, register_term
 
 
 def interclass_distance_matrix(features, weights, cfg: IDDConfig):
@@ -60,9 +60,8 @@ class InterClassDistanceLoss(nn.Module):
         self.num_classes, self.cfg = num_classes, cfg
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> InterClassDistanceLoss:
-        return cls(num_classes, cfg.idd)
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> InterClassDistanceLoss:
+        return cls(dims.num_classes, cfg.idd)
 
     def forward(self, student_out, teacher_out, labels):
         f_t = teacher_out["feat"].detach()

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import LossConfig
 from .common import class_centres, class_weights, to_size
-from .registry import register_term
+from .registry import TermDims, register_term
 
 
 @register_term("ifv")
@@ -33,9 +33,8 @@ class IntraClassFeatureVariationLoss(nn.Module):
         self.num_classes = num_classes
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> IntraClassFeatureVariationLoss:
-        return cls(num_classes)
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> IntraClassFeatureVariationLoss:
+        return cls(dims.num_classes)
 
     def similarity_map(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         centres, _ = class_centres(features, weights)

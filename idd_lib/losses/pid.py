@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import LossConfig, PIDConfig
 from .common import check_choice, to_size
-from .registry import register_term
+from .registry import TermDims, register_term
 
 
 def position_targets(names: tuple[str, ...], size: tuple[int, int], device=None) -> torch.Tensor:
@@ -82,9 +82,8 @@ class PositionDistillation(nn.Module):
             self._prefit_checked = False
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> PositionDistillation:
-        return cls(student_channels, teacher_channels, cfg.pid)
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> PositionDistillation:
+        return cls(dims.student_channels, dims.teacher_channels, cfg.pid)
 
     @property
     def needs_prefit(self) -> bool:

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..config import KDConfig, LossConfig
 from .common import IGNORE_INDEX, resize_labels, softmax_kl, to_size
-from .registry import register_term
+from .registry import TermDims, register_term
 
 
 @register_term("ce")
@@ -20,8 +20,7 @@ class SegmentationCE(nn.Module):
         self.aux_weight = aux_weight
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> SegmentationCE:
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> SegmentationCE:
         return cls(cfg.aux_weight)
 
     def forward(self, student_out, teacher_out, labels):
@@ -53,8 +52,7 @@ class PixelwiseKD(nn.Module):
         self.temperature = cfg.temperature
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> PixelwiseKD:
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> PixelwiseKD:
         return cls(cfg.kd)
 
     def forward(self, student_out, teacher_out, labels):

@@ -19,15 +19,25 @@ from torch import nn
 
 from ..config import LossConfig
 
-# term name -> ``builder(cfg: LossConfig, num_classes, student_channels, teacher_channels) -> nn.Module``
+
+@dataclass(frozen=True)
+class TermDims:
+    """What a term's own modules are sized by: the class count and the two networks' feature widths
+    (``teacher_channels`` is None for a run without a teacher)."""
+    num_classes: int
+    student_channels: int
+    teacher_channels: int | None
+
+
+# term name -> ``builder(cfg: LossConfig, dims: TermDims) -> nn.Module``, filled by @register_term
 TERM_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 TEACHER_FREE_TERMS = {"ce"}
 
 
 def register_term(name: str, **fixed):
-    """Class decorator: the term ``name`` is built by ``cls.from_config(cfg, num_classes,
-    student_channels, teacher_channels, **fixed)`` (``fixed``: arguments that tell apart two terms
-    of one class, e.g. CWD on logits or on features)."""
+    """Class decorator: the term ``name`` is built by ``cls.from_config(cfg, dims, **fixed)``, with
+    the run's :class:`~idd_lib.config.LossConfig` and :class:`TermDims` (``fixed``: arguments that
+    tell apart two terms of one class, e.g. CWD on logits or on features)."""
     def register(cls):
         if name in TERM_BUILDERS:
             raise ValueError(f"loss term {name!r} is registered twice")
@@ -109,8 +119,8 @@ class DistillationCriterion(nn.Module):
         self.needs_teacher = any(t not in TEACHER_FREE_TERMS for t in self.weights)
         if self.needs_teacher and teacher_channels is None:
             raise ValueError(f"method: {cfg.method!r} needs a teacher, but none was given")
-        self.terms = nn.ModuleDict({t: TERM_BUILDERS[t](cfg, num_classes, student_channels, teacher_channels)
-                                    for t in self.weights})
+        dims = TermDims(num_classes, student_channels, teacher_channels)
+        self.terms = nn.ModuleDict({t: TERM_BUILDERS[t](cfg, dims) for t in self.weights})
 
     def forward(self, student_out, teacher_out, labels, images=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # The networks may run under bf16 autocast, but the terms run in fp32: they compare small

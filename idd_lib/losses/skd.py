@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import LossConfig, PairwiseConfig
 from .common import check_choice, to_size
-from .registry import register_term
+from .registry import TermDims, register_term
 
 
 @register_term("pa")
@@ -39,8 +39,7 @@ class PairwiseAffinityLoss(nn.Module):
         self.cfg = cfg
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, student_channels: int,
-                    teacher_channels: int | None) -> PairwiseAffinityLoss:
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> PairwiseAffinityLoss:
         return cls(cfg.pa)
 
     def affinity(self, features: torch.Tensor) -> torch.Tensor:
