@@ -1,5 +1,8 @@
-"""The presets of the study as data: the lineage's networks (``ARCHITECTURES``) and the named
-profiles (``PROFILES``), from the CPU-sized synthetic benchmark to the paper-scale protocols.
+"""The presets of the study as data: networks (``ARCHITECTURES``) and profiles (``PROFILES``).
+
+The lineage's paper-scale networks, and the named profiles from the CPU-sized synthetic
+benchmark to the paper-scale protocols.
+
 
 The schema they fill (``ModelConfig``, ``Profile``, ...) and the override parser live in
 :mod:`idd_lib.config`; this module only holds values.

@@ -1,6 +1,8 @@
-"""Tables of the study: per-method mean ± std and 95% CI over seeds, paired tests (same seeds)
-against the baseline and against the best other method, per-class IoU, the per-run provenance
-table, and REPORT.md.
+"""Tables of the study and REPORT.md.
+
+Per-method mean ± std and 95% CI over seeds, paired tests (same seeds) against the baseline and
+against the best other method, per-class IoU, the per-run provenance table, and REPORT.md.
+
 
 Every number is a last-iterate checkpoint evaluated single-scale on the validation split.
 """

@@ -1,5 +1,8 @@
-"""CIRKD's cross-image terms: mini-batch pixel-to-pixel (``cirkd-mb``) and memory-based
-pixel-to-pixel and pixel-to-region distillation (``cirkd-mem``)."""
+"""CIRKD's cross-image terms: mini-batch (``cirkd-mb``) and memory-based (``cirkd-mem``).
+
+Mini-batch: pixel-to-pixel similarities across the images of the batch; memory: pixel-to-pixel
+and pixel-to-region similarities to queues of teacher embeddings.
+"""
 from __future__ import annotations
 
 import torch

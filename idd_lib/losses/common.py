@@ -1,5 +1,4 @@
-"""Helpers shared by the loss terms: the ignore index, resizing, class weights and centres,
-pairwise distances and the softmax KL divergence.
+"""Helpers shared by the loss terms: ignore index, resizing, class weights/centres, distances, KL.
 
 Everything here is vectorised over images, classes and pixels (batched matrix products, no
 Python loops), so the terms built on it stay cheap inside a GPU step.

@@ -1,5 +1,4 @@
-"""Channel-wise distillation (``cwd`` on logits, ``cwd-feat`` on head features): each channel a
-distribution over positions, matched with KL."""
+"""Channel-wise distillation, CWD: ``cwd`` on logits and ``cwd-feat`` on head features."""
 from __future__ import annotations
 
 from torch import nn

@@ -1,5 +1,7 @@
-"""IDD, our reconstruction of inter-class distance distillation: the distance matrices of class
-centres and the loss matching the student's to the teacher's (docs/method.md)."""
+"""IDD (``idd``), our reconstruction of inter-class distance distillation (docs/method.md).
+
+The distance matrices of class centres, and the loss matching the student's to the teacher's.
+"""
 from __future__ import annotations
 
 import torch

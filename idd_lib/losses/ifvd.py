@@ -1,5 +1,7 @@
-"""IFVD's intra-class feature variation term (``ifv``): each pixel's cosine similarity to its
-class centre, matched between student and teacher."""
+"""IFVD's intra-class feature variation term (``ifv``).
+
+Each pixel's cosine similarity to its class centre, matched between student and teacher.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,7 @@
-"""PID, our reconstruction of position information distillation: position target maps, the
-read-outs and the loss (docs/method.md, hypothesis H1)."""
+"""PID (``pid``), our reconstruction of position information distillation (docs/method.md).
+
+Position target maps, the read-outs, and the loss (hypothesis H1).
+"""
 from __future__ import annotations
 
 from collections.abc import Iterable

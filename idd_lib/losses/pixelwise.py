@@ -1,5 +1,4 @@
-"""The task loss and the logit baseline: cross-entropy with the auxiliary head (``ce``) and
-pixel-wise KD on logits (``kd``)."""
+"""The task loss ``ce`` (cross-entropy + auxiliary head) and pixel-wise KD on logits ``kd``."""
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -1,6 +1,9 @@
-"""The method registry: each loss term registers itself where it is declared
-(:func:`register_term`), :data:`METHODS` names the terms and default weights of every method, and
-:class:`DistillationCriterion` builds and sums a method's terms.
+"""The method registry: term registration, the methods' default weights, the criterion.
+
+Each loss term registers itself where it is declared (:func:`register_term`), :data:`METHODS`
+names the terms and default weights of every method, and :class:`DistillationCriterion` builds
+and sums a method's terms.
+
 
 Default weights and their sources are in docs/baselines.md, in our normalisation: pixel terms are
 means over valid (non-ignored) pixels, times T^2. So our ``kd`` weight 1 is CIRKD's per-pixel

@@ -1,4 +1,5 @@
 """SKD's pair-wise term (``pa``): the cosine-affinity graph of pooled head-feature nodes.
+
 SKD's holistic (adversarial) term is in :mod:`idd_lib.losses.adversarial`."""
 from __future__ import annotations
 
