@@ -200,8 +200,8 @@ def write_report(profile_name: str) -> Path:
         f"{profile.description}. Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
         f"from commit `{git['commit'][:10]}`{' (dirty tree)' if git['dirty'] else ''}.",
         "",
-        "IDD and PID are implemented from the paper's abstract plus our reconstruction (METHOD.md in the "
-        "project's docs); every option the paper does not fix is a configurable choice. Numbers are "
+        "IDD and PID are implemented from the paper's abstract plus our reconstruction (docs/method.md in the "
+        "repository); every option the paper does not fix is a configurable choice. Numbers are "
         "last-iterate checkpoints, single-scale whole-image validation mIoU, over seeds "
         f"{', '.join(map(str, profile.seeds))}.",
         "",

@@ -1,4 +1,4 @@
-"""Defining properties of the baseline KD terms (BASELINES.md 2.2) and a 2-step run of every method."""
+"""Defining properties of the baseline KD terms (docs/baselines.md) and a 2-step run of every method."""
 import dataclasses
 import json
 import os
