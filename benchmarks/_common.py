@@ -7,7 +7,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from idd_lib.config import DataConfig, LossConfig, Profile, apply_overrides, get_profile, parse_assignments
+from idd_lib.config import DataConfig, LossConfig, Profile, apply_overrides, parse_assignments
+from idd_lib.presets import get_profile
 from idd_lib.losses import DistillationCriterion
 
 

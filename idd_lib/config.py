@@ -1,9 +1,10 @@
-"""Configuration as dataclasses, and the named profiles (presets) of the study.
+"""The configuration schema (dataclasses) and the parser of dotted overrides.
 
 A :class:`RunConfig` fully describes one training run; its hash names cached teachers, and its
-``asdict`` is written into every run directory. Profiles bundle the data, the two networks, the
-schedules and the seeds/methods the study runs. Overrides use dotted keys
-(``"idd.metric=cosine"``) and are validated: an unknown key is an error, never a silent typo.
+``asdict`` is written into every run directory. A :class:`Profile` bundles the data, the two
+networks, the schedules and the seeds/methods the study runs; the named profiles themselves are
+data in :mod:`idd_lib.presets`. Overrides use dotted keys (``"idd.metric=cosine"``) and are
+validated: an unknown key is an error, never a silent typo.
 """
 from __future__ import annotations
 
@@ -16,7 +17,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data.synthetic import SyntheticConfig
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Parameters of a synthetic dataset; two equal configs produce identical files."""
+
+    num_train: int = 240
+    num_val: int = 60
+    height: int = 96
+    width: int = 192
+    position_prior: float = 1.0  # 0 = position uninformative, 1 = Cityscapes-like, 2 = stronger
+    appearance_overlap: float = 0.6  # 0 = distinct class colours, 1 = confusable pairs identical
+    lighting: float = 0.3  # amplitude of per-image illumination variation
+    noise: float = 0.04  # per-pixel Gaussian noise std (image range [0, 1])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_train < 0 or self.num_val < 0:
+            raise ValueError("num_train and num_val must be >= 0")
+        if self.height < 16 or self.width < 16:
+            raise ValueError("height and width must be >= 16")
+        if not 0.0 <= self.position_prior <= 2.0:
+            raise ValueError("position_prior must be in [0, 2]")
+        if not 0.0 <= self.appearance_overlap <= 1.0:
+            raise ValueError("appearance_overlap must be in [0, 1]")
+        if self.lighting < 0 or self.noise < 0:
+            raise ValueError("lighting and noise must be >= 0")
+
 
 
 @dataclass(frozen=True)
@@ -48,21 +75,6 @@ class ModelConfig:
     aux: bool = True
     backbone: str = "resnet"              # resnet (block/layers/deep_stem) | mobilenet_v2 (torchvision's)
     pretrained: str = ""                  # backbone init: "" none | "imagenet" (torchvision download) | a file path
-
-
-# The paper-scale networks of the lineage (METHOD.md, "Protocol of that family"), with the head
-# widths of the lineage's code: PSP fusion to 128 channels on ResNet18 and 512 on ResNet101 (SKD
-# networks/pspnet_combine.py PSPModule(512, 128) / PSPModule(2048, 512); CIRKD models/pspnet.py
-# the same for ResNet18), ASPP with 512 channels on ResNets (CIRKD models/deeplabv3.py) and 128 on
-# MobileNetV2, whose CIRKD students have no auxiliary head (models/deeplabv3_mobile.py, train_kd.py).
-PSPNET_R18 = ModelConfig(block="basic", layers=(2, 2, 2, 2), deep_stem=True, head="psp", head_channels=128)
-PSPNET_R101 = ModelConfig(block="bottleneck", layers=(3, 4, 23, 3), deep_stem=True, head="psp", head_channels=512)
-DEEPLABV3_R18 = dataclasses.replace(PSPNET_R18, head="aspp", head_channels=512)
-DEEPLABV3_R101 = dataclasses.replace(PSPNET_R101, head="aspp", head_channels=512)
-DEEPLABV3_MBV2 = ModelConfig(backbone="mobilenet_v2", head="aspp", head_channels=128, aux=False)
-ARCHITECTURES = {"pspnet_r18": PSPNET_R18, "pspnet_r101": PSPNET_R101,
-                 "deeplabv3_r18": DEEPLABV3_R18, "deeplabv3_r101": DEEPLABV3_R101,
-                 "deeplabv3_mbv2": DEEPLABV3_MBV2}
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,7 @@ class KDConfig:
 
 @dataclass(frozen=True)
 class IDDConfig:
-    """Options of the IDD loss; the first value of each is our reading of the paper (METHOD.md)."""
+    """Options of the IDD loss; the first value of each is our reading of the paper (docs/method.md)."""
     label_sampling: str = "nearest"       # nearest | soft
     centres: str = "per-image"            # per-image | per-batch
     metric: str = "euclidean"             # euclidean | cosine | sqeuclidean
@@ -113,7 +125,7 @@ class IDDConfig:
 
 @dataclass(frozen=True)
 class PIDConfig:
-    """Options of position information distillation (our reconstruction, METHOD.md H1)."""
+    """Options of position information distillation (our reconstruction, docs/method.md, hypothesis H1)."""
     mode: str = "readout"                 # readout | probe
     targets: tuple[str, ...] = ("x", "y", "gaussian")
     hidden: int = 32                      # read-out 3x3 conv(hidden)-ReLU-1x1; 0: one linear 3x3 conv (PosENet's base)
@@ -124,7 +136,7 @@ class PIDConfig:
 
 @dataclass(frozen=True)
 class PairwiseConfig:
-    """SKD pair-wise term; the lineage's two graphs (BASELINES.md 2.2), defaults = CIRKD's runs."""
+    """SKD pair-wise term; the lineage's two graphs (docs/baselines.md), defaults = CIRKD's runs."""
     variant: str = "cirkd"                # cirkd: 2x2 max-pooled nodes | skd: official graph pooled by pool_scale
     pool_scale: float = 0.5               # skd variant: pooling kernel = pool_scale x feature size
 
@@ -361,84 +373,6 @@ def teacher_of(cfg: RunConfig) -> RunConfig:
     if cfg.teacher is None or cfg.teacher_train is None:
         raise ValueError("teacher: this run config has no teacher network or schedule")
     return RunConfig(data=cfg.data, model=cfg.teacher, train=cfg.teacher_train)
-
-
-_TINY_TEACHER = ModelConfig(block="basic", layers=(1, 1, 1, 1), width=0.5, head="psp", head_channels=128)
-_TINY_STUDENT = ModelConfig(block="basic", layers=(1, 1, 1, 1), width=0.125, head="psp", head_channels=32)
-
-PROFILES: dict[str, Profile] = {
-    "quick": Profile(
-        name="quick", description="smoke size: minutes on 2 CPU cores, numbers not meaningful",
-        data=DataConfig(synthetic=SyntheticConfig(num_train=64, num_val=16, height=64, width=128), batch_size=8),
-        teacher=_TINY_TEACHER, student=_TINY_STUDENT,
-        teacher_train=TrainConfig(iterations=60, lr=0.02),
-        student_train=TrainConfig(iterations=30, lr=0.02, eval_every=10),
-        seeds=(0,), analysis_images=16, tsne_pixels_per_class=40,
-        sweep=SweepConfig(num_train=16, num_val=8, height=32, width=64, teacher_iterations=20,
-                          student_iterations=10)),
-    "default": Profile(
-        name="default", description="the embedded synthetic benchmark, CPU-sized (about 12 minutes on 2 cores)",
-        data=DataConfig(synthetic=SyntheticConfig(num_train=240, num_val=60, height=96, width=192), batch_size=8),
-        teacher=_TINY_TEACHER, student=_TINY_STUDENT,
-        teacher_train=TrainConfig(iterations=1000, lr=0.02),
-        student_train=TrainConfig(iterations=300, lr=0.02, eval_every=100),
-        seeds=(0, 1, 2)),
-}
-
-
-# Paper-scale presets: real data in its own folder (data.root=...), the lineage's protocols
-# (METHOD.md "Protocol of that family", BASELINES.md 2.3). Backbones start from the lineage's
-# deep-stem ImageNet files (resnet18-imagenet.pth / resnet101-imagenet.pth, linked from the SKD
-# and CIRKD READMEs) expected under pretrained/ in the project (a relative path is read from the
-# project root); a missing file stops the run at once saying so. Single-scale whole-image
-# evaluation, one image at a time (VOC/ADE20K images differ in size).
-PAPER_METHODS = ("baseline", "kd", "skd", "ifvd", "cwd", "cirkd", "idd", "idd+pid")
-PRETRAINED_R18 = "pretrained/resnet18-imagenet.pth"
-PRETRAINED_R101 = "pretrained/resnet101-imagenet.pth"
-
-
-def _paper_profile(name: str, description: str, dataset: str, teacher: ModelConfig, student: ModelConfig,
-                   crop: tuple[int, int], batch: int, lr: float, weight_decay: float,
-                   scale: tuple[float, float], iterations: int = 40000) -> Profile:
-    schedule = TrainConfig(iterations=iterations, lr=lr, momentum=0.9, weight_decay=weight_decay, poly_power=0.9,
-                           eval_every=5000, checkpoint_every=1000, log_every=50)
-    return Profile(
-        name=name, description=description,
-        data=DataConfig(dataset=dataset, crop_size=crop, scale_range=scale, hflip=True, batch_size=batch,
-                        eval_batch_size=1, num_workers=4),
-        teacher=dataclasses.replace(teacher, pretrained=PRETRAINED_R101),
-        student=dataclasses.replace(student, pretrained=PRETRAINED_R18),
-        teacher_train=schedule, student_train=schedule, seeds=(0, 1, 2), methods=PAPER_METHODS)
-
-
-PROFILES.update({p.name: p for p in (
-    # Protocol B (SKD run_train_val.sh / utils/train_options.py; IFVD, CWD and - inferred - IDD):
-    # PSPNet-R101 -> PSPNet-R18, 512x512, batch 8, 40k, SGD 0.01 poly 0.9, wd 5e-4, scale 0.5-1.6 + flip
-    _paper_profile("paper-cityscapes", "Cityscapes, protocol B of SKD/IFVD/CWD (and IDD): PSPNet-R101 -> PSPNet-R18",
-                   "cityscapes", PSPNET_R101, PSPNET_R18, (512, 512), 8, 0.01, 5e-4, (0.5, 1.6)),
-    # Protocol A (CIRKD train_kd.py defaults and README): DeepLabV3-R101 -> DeepLabV3-R18,
-    # 512x1024, batch 16, 40k, lr 0.02, wd 1e-4, scale 0.5-2.0 (dataset/cityscapes.py)
-    _paper_profile("paper-cityscapes-a", "Cityscapes, protocol A of CIRKD/DIST: DeepLabV3-R101 -> DeepLabV3-R18",
-                   "cityscapes", DEEPLABV3_R101, DEEPLABV3_R18, (512, 1024), 16, 0.02, 1e-4, (0.5, 2.0)),
-    # Pascal VOC aug (CIRKD train_scripts/train_cirkd/voc/pspnet_res18.sh + train_cirkd.py defaults)
-    _paper_profile("paper-voc", "Pascal VOC 2012 + SBD (train_aug), CIRKD's VOC recipe: DeepLabV3-R101 -> PSPNet-R18",
-                   "voc", DEEPLABV3_R101, PSPNET_R18, (512, 512), 16, 0.02, 1e-4, (0.5, 2.0)),
-    # ADE20K (CIRKD train_scripts/train_cirkd/ade20k/deeplabv3_res18.sh)
-    _paper_profile("paper-ade20k", "ADE20K (150 classes), CIRKD's ADE20K recipe: DeepLabV3-R101 -> DeepLabV3-R18",
-                   "ade20k", DEEPLABV3_R101, DEEPLABV3_R18, (512, 512), 16, 0.02, 1e-4, (0.5, 2.0)),
-)})
-
-
-def get_profile(name: str) -> Profile:
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"profile: unknown profile {name!r}; expected one of {sorted(PROFILES)}") from None
-
-
-def study_profile(name: str, options: str = "") -> Profile:
-    """A registered profile with the notebooks' ``options`` text applied (:meth:`Profile.configure`)."""
-    return get_profile(name).configure(parse_assignments(options, "options"))
 
 
 def parse_assignments(text: str, what: str) -> dict[str, str]:

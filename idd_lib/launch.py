@@ -21,7 +21,8 @@ import sys
 import torch.distributed as dist
 
 from . import distributed
-from .config import parse_assignments, parse_weights, study_profile
+from .config import parse_assignments, parse_weights
+from .presets import study_profile
 
 SUMMARY_KEYS = ("method", "seed", "steps", "miou", "wall_time_s", "run_dir")
 

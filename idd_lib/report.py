@@ -1,6 +1,8 @@
-"""Tables of the study: per-method mean ± std and 95% CI over seeds, paired tests (same seeds)
-against the baseline and against the best other method, per-class IoU, the per-run provenance
-table, and REPORT.md.
+"""Tables of the study and REPORT.md.
+
+Per-method mean ± std and 95% CI over seeds, paired tests (same seeds) against the baseline and
+against the best other method, per-class IoU, the per-run provenance table, and REPORT.md.
+
 
 Every number is a last-iterate checkpoint evaluated single-scale on the validation split.
 """
@@ -43,7 +45,8 @@ def current_results(profile) -> list[dict]:
     """The finished student runs of ``profile`` whose config digest is what the code resolves today
     for their method, seed, weights and options. A run left in the folder by an earlier version of
     the config (older code, changed profile) is skipped, so it never mixes into the statistics."""
-    from .config import get_profile, variant_digest
+    from .config import variant_digest
+    from .presets import get_profile
     from .runs import collect_results, student_config
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -179,42 +182,41 @@ def runs_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_report(profile) -> Path:
-    """Compose ``results/<profile>/REPORT.md`` from the runs, tables and figures on disk
-    (``profile``: a name or a configured :class:`~idd_lib.config.Profile`)."""
+def _header_section(profile) -> list[str]:
     import datetime
 
-    from .config import get_profile
-    from .paths import profile_dir
     from .provenance import git_state
-    from .rundir import read_result
-    from .runs import teacher_dir
 
-    profile = get_profile(profile) if isinstance(profile, str) else profile
-    folder = profile_dir(profile.name)
-    teacher_result = read_result(teacher_dir(profile))
-    frame = results_frame(current_results(profile))
-    provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     git = git_state()
-    student, teacher = profile.student, profile.teacher
-    lines = [
+    return [
         f"# IDD study: profile `{profile.name}`",
         "",
         f"{profile.description}. Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
         f"from commit `{git['commit'][:10]}`{' (dirty tree)' if git['dirty'] else ''}.",
         "",
-        "IDD and PID are implemented from the paper's abstract plus our reconstruction (METHOD.md in the "
-        "project's docs); every option the paper does not fix is a configurable choice. Numbers are "
+        "IDD and PID are implemented from the paper's abstract plus our reconstruction (docs/method.md in the "
+        "repository); every option the paper does not fix is a configurable choice. Numbers are "
         "last-iterate checkpoints, single-scale whole-image validation mIoU, over seeds "
         f"{', '.join(map(str, profile.seeds))}.",
         "",
+    ]
+
+
+def _teacher_section(profile, teacher_miou: float) -> list[str]:
+    student, teacher = profile.student, profile.teacher
+    return [
         "## Teacher",
         "",
         f"Teacher: ResNet {teacher.block} blocks {teacher.layers}, width x{teacher.width}, {teacher.head.upper()} "
         f"head ({teacher.head_channels} ch), {profile.teacher_train.iterations} iterations: "
-        f"**val mIoU {teacher_result['miou']:.2f}**. Student: blocks {student.layers}, width x{student.width}, "
+        f"**val mIoU {teacher_miou:.2f}**. Student: blocks {student.layers}, width x{student.width}, "
         f"{student.head.upper()} head ({student.head_channels} ch), {profile.student_train.iterations} iterations.",
         "",
+    ]
+
+
+def _students_section(folder: Path) -> list[str]:
+    return [
         "## Students: validation mIoU (%)",
         "",
         "mean ± std over seeds; `ci95` = half-width of the 95% t-interval; paired t-tests on the same seeds "
@@ -232,6 +234,11 @@ def write_report(profile) -> Path:
         "",
         _md_table(folder / "tables" / "per_class_iou.md"),
         "",
+    ]
+
+
+def _distances_section(folder: Path) -> list[str]:
+    return [
         "## Claim 1: inter-class distances",
         "",
         "Class centres of the head features accumulated over the validation images (not one batch), "
@@ -256,6 +263,12 @@ def write_report(profile) -> Path:
         "",
         _md_table(folder / "tables" / "tsne_timing.md"),
         "",
+    ]
+
+
+def _position_section(folder: Path, profile) -> list[str]:
+    sweep = profile.sweep
+    return [
         "## Claim 2: position information",
         "",
         "A fresh linear probe on 3x3 neighbourhoods of the frozen head features (ridge regression, "
@@ -267,17 +280,22 @@ def write_report(profile) -> Path:
         _figure(folder, "position_probe", "Held-out R² of the position probe per network and position map."),
         "",
         f"**Position-prior sweep (reduced size).** The benchmark's `position_prior` at "
-        f"{', '.join(f'{p:g}' for p in profile.sweep.priors)} (0: position uninformative, 1: Cityscapes-like, "
-        f"2: strong), each with its own data and teacher, for {', '.join(profile.sweep.methods)}. To fit the "
-        f"study's time budget this sweep is smaller than the main study: {profile.sweep.num_train} training / "
-        f"{profile.sweep.num_val} validation images of {profile.sweep.height}x{profile.sweep.width}, teacher "
-        f"{profile.sweep.teacher_iterations} and students {profile.sweep.student_iterations} iterations, "
-        f"seed(s) {', '.join(map(str, profile.sweep.seeds))}: indicative, not a test.",
+        f"{', '.join(f'{p:g}' for p in sweep.priors)} (0: position uninformative, 1: Cityscapes-like, "
+        f"2: strong), each with its own data and teacher, for {', '.join(sweep.methods)}. To fit the "
+        f"study's time budget this sweep is smaller than the main study: {sweep.num_train} training / "
+        f"{sweep.num_val} validation images of {sweep.height}x{sweep.width}, teacher "
+        f"{sweep.teacher_iterations} and students {sweep.student_iterations} iterations, "
+        f"seed(s) {', '.join(map(str, sweep.seeds))}: indicative, not a test.",
         "",
         _md_table(folder / "tables" / "position_sweep.md"),
         "",
         _figure(folder, "position_sweep", "mIoU and position-probe R² against the position prior (teacher dashed)."),
         "",
+    ]
+
+
+def _benchmark_and_runs_section(folder: Path, provenance_md: str) -> list[str]:
+    return [
         "## The benchmark",
         "",
         _figure(folder, "synthetic_samples", "Samples of the embedded synthetic street scenes and their labels."),
@@ -294,6 +312,25 @@ def write_report(profile) -> Path:
         provenance_md,
         "",
     ]
+
+
+def write_report(profile) -> Path:
+    """Compose ``results/<profile>/REPORT.md`` from the runs, tables and figures on disk, one
+    section function per part of the report (``profile``: a name or a configured
+    :class:`~idd_lib.config.Profile`)."""
+    from .paths import profile_dir
+    from .presets import get_profile
+    from .rundir import read_result
+    from .runs import teacher_dir
+
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    folder = profile_dir(profile.name)
+    teacher_result = read_result(teacher_dir(profile))
+    frame = results_frame(current_results(profile))
+    provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
+    lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"]),
+             *_students_section(folder), *_distances_section(folder), *_position_section(folder, profile),
+             *_benchmark_and_runs_section(folder, provenance_md)]
     path = folder / "REPORT.md"
     path.write_text("\n".join(lines))
     return path

@@ -19,14 +19,14 @@ import torch
 
 from . import distributed
 from .analysis import TeacherAgreement
-from .config import (PROFILES, LossConfig, Profile, RunConfig, apply_overrides, check_limits, get_profile, teacher_of,
-                     variant_digest)
+from .config import LossConfig, Profile, RunConfig, apply_overrides, check_limits, teacher_of, variant_digest
 from .data.datasets import build_dataset, dataset_root, dataset_spec
 from .engine import load_model, resolve_device, train
 from .inference import check_eval_config
 from .losses import DistillationCriterion, get_method, method_weights
 from .models import Segmentor, build_segmentor
 from .paths import cache_root, profile_dir
+from .presets import PROFILES, get_profile
 from .rundir import RESULT, RunFileError, read_metrics, read_result  # noqa: F401  (read_metrics: notebooks' name)
 
 # The options a teacher takes: everything else configures the student's run.

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Profile, parse_assignments, parse_weights, study_profile
+from .config import Profile, parse_assignments, parse_weights
 from .paths import profile_dir, project_root
+from .presets import study_profile
 from .runs import join_options, override_tag, run_dir, student_config
 
 # 07_position runs before 06_report: the report collects what every analysis notebook wrote.
@@ -131,7 +132,7 @@ def run_study(profile_name: str, force: bool = False, only: tuple[str, ...] = ()
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m idd_lib.study", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="default", help="profile to run (see idd_lib.config.PROFILES)")
+    parser.add_argument("--profile", default="default", help="profile to run (see idd_lib.presets.PROFILES)")
     parser.add_argument("--force", action="store_true", help="re-execute notebooks even if complete")
     parser.add_argument("--only", nargs="*", default=(), help="run only these notebooks")
     parser.add_argument("--options", default="", help='options of every run, e.g. "data.root=/data/cityscapes"')

@@ -1,7 +1,8 @@
 import pytest
 
 from idd_lib import config, notebook
-from idd_lib.config import PROFILES, apply_overrides, get_profile, parse_weights
+from idd_lib.config import apply_overrides, parse_weights
+from idd_lib.presets import PROFILES, get_profile
 
 
 def test_profiles_exist_and_unknown_is_a_clear_error():

@@ -1,4 +1,4 @@
-"""Defining properties of the losses (METHOD.md), each checked so that a wrong loss fails."""
+"""Defining properties of the losses (docs/method.md), each checked so that a wrong loss fails."""
 import copy
 import dataclasses
 import itertools
@@ -29,7 +29,7 @@ def _feat(b=3, c=6, h=8, w=12, seed=1):
 
 
 def reference_idd(f_s, f_t, labels, metric="euclidean", normalize="mean", min_pixels=1):
-    """Slow per-image, per-class loop version of METHOD.md steps 2-6 (nearest labels, same size)."""
+    """Slow per-image, per-class loop version of steps 2-6 of the IDD loss in docs/method.md (nearest labels, same size)."""
     losses = []
     for b in range(labels.shape[0]):
         present = [k for k in range(K) if int((labels[b] == k).sum()) >= min_pixels]

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from idd_lib.config import ARCHITECTURES, ModelConfig
+from idd_lib.config import ModelConfig
+from idd_lib.presets import ARCHITECTURES
 from idd_lib.models import build_segmentor, count_parameters
 from idd_lib.models.segmentor import DilatedBasicBlock, DilatedResNet
 

@@ -8,7 +8,8 @@ import torchvision
 from torch import nn
 
 from idd_lib import engine, runs
-from idd_lib.config import ARCHITECTURES, PROFILES, EvalConfig, ModelConfig, get_profile
+from idd_lib.config import EvalConfig, ModelConfig
+from idd_lib.presets import ARCHITECTURES, PROFILES, get_profile
 from idd_lib.inference import predict, sliding_logits
 from idd_lib.models import build_segmentor, count_parameters
 from idd_lib.models.pretrained import MOBILENET_V2_WEIGHTS, RESNET_WEIGHTS

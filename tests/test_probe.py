@@ -1,11 +1,12 @@
 """The position probe (idd_lib.probe) and the position-prior sweep's profiles."""
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from idd_lib import config, probe, runs
+from idd_lib import presets, probe, runs
 from idd_lib.losses import position_targets
 
 H, W = 8, 16
@@ -95,7 +96,7 @@ def test_probe_networks_end_to_end_and_mode_kept():
 
 def test_sweep_profiles_have_their_own_data_teacher_and_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("IDD_RESULTS", str(tmp_path))
-    base = config.get_profile("quick")
+    base = presets.get_profile("quick")
     swept = [base.sweep_profile(p) for p in base.sweep.priors]
     assert [s.data.synthetic.position_prior for s in swept] == list(base.sweep.priors)
     assert len({runs.teacher_dir(s) for s in swept}) == len(swept)
@@ -108,6 +109,6 @@ def test_sweep_profiles_have_their_own_data_teacher_and_folder(monkeypatch, tmp_
     assert runs.teacher_dir(base.sweep_profile(base.data.synthetic.position_prior)) != runs.teacher_dir(base)
     with pytest.raises(ValueError, match="position_prior"):
         base.sweep_profile(3.0)
-    real = config.dataclasses.replace(base, data=config.dataclasses.replace(base.data, dataset="cityscapes"))
+    real = dataclasses.replace(base, data=dataclasses.replace(base.data, dataset="cityscapes"))
     with pytest.raises(ValueError, match="synthetic"):
         real.sweep_profile(1.0)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from idd_lib import config, report, runs
+from idd_lib import presets, report, runs
 
 MEANS = {"baseline": 50.0, "kd": 51.0, "idd": 53.0, "idd+pid": 52.5}
 
@@ -98,7 +98,7 @@ def test_runs_table_records_config_seed_commit_versions_device_and_time(tmp_path
 
 
 def test_report_embeds_every_figure_and_table(tiny_profile, monkeypatch, tmp_path):
-    monkeypatch.setitem(config.PROFILES, "tiny", tiny_profile)
+    monkeypatch.setitem(presets.PROFILES, "tiny", tiny_profile)
     folder = tmp_path / "results"
     monkeypatch.setenv("IDD_RESULTS", str(folder))
     teacher = runs.teacher_dir(tiny_profile)

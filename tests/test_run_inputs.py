@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from idd_lib import analysis, engine, probe, report, rundir, runs, study
-from idd_lib.config import get_profile, parse_assignments
+from idd_lib.config import parse_assignments
+from idd_lib.presets import get_profile
 from idd_lib.data import datasets, layouts
 from idd_lib.data.validation import DatasetError
 from layout_fixtures import make_cityscapes, make_folder

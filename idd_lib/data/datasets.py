@@ -22,10 +22,9 @@ from torchvision.transforms import v2
 
 from ..config import DataConfig
 from ..paths import cache_root
-from . import layouts, validation
+from . import IGNORE_INDEX, layouts, validation
 from .synthetic import EGO_VEHICLE_ID, SYNTH_CLASSES, UNLABELED_ID, ensure_generated
 
-IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

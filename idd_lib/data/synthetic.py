@@ -64,6 +64,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PIL import Image
 
+from ..config import SyntheticConfig
+from . import IGNORE_INDEX
+
 if TYPE_CHECKING:  # matplotlib is imported lazily: generation must not pay for it
     from matplotlib.figure import Figure
 
@@ -87,33 +90,6 @@ __all__ = [
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Parameters of a synthetic dataset; two equal configs produce identical files."""
-
-    num_train: int = 240
-    num_val: int = 60
-    height: int = 96
-    width: int = 192
-    position_prior: float = 1.0  # 0 = position uninformative, 1 = Cityscapes-like, 2 = stronger
-    appearance_overlap: float = 0.6  # 0 = distinct class colours, 1 = confusable pairs identical
-    lighting: float = 0.3  # amplitude of per-image illumination variation
-    noise: float = 0.04  # per-pixel Gaussian noise std (image range [0, 1])
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_train < 0 or self.num_val < 0:
-            raise ValueError("num_train and num_val must be >= 0")
-        if self.height < 16 or self.width < 16:
-            raise ValueError("height and width must be >= 16")
-        if not 0.0 <= self.position_prior <= 2.0:
-            raise ValueError("position_prior must be in [0, 2]")
-        if not 0.0 <= self.appearance_overlap <= 1.0:
-            raise ValueError("appearance_overlap must be in [0, 1]")
-        if self.lighting < 0 or self.noise < 0:
-            raise ValueError("lighting and noise must be >= 0")
-
-
 # (name, Cityscapes labelId, Cityscapes palette colour), in trainId order.
 SYNTH_CLASSES: tuple[tuple[str, int, tuple[int, int, int]], ...] = (
     ("road", 7, (128, 64, 128)),
@@ -129,7 +105,6 @@ SYNTH_CLASSES: tuple[tuple[str, int, tuple[int, int, int]], ...] = (
 
 UNLABELED_ID = 0
 EGO_VEHICLE_ID = 1
-IGNORE_INDEX = 255
 
 # labelId -> trainId lookup (index with a uint8 labelId array); everything else -> ignore.
 LABEL_ID_TO_TRAIN_ID = np.full(256, IGNORE_INDEX, dtype=np.uint8)
@@ -488,6 +463,118 @@ def _draw_pole(cv: _Canvas, geo: _Geometry, yy: np.ndarray, xx: np.ndarray, fine
     cv.paint(outer, _SIGN, sign_colour, tex, win)
 
 
+def _cars(rng: np.random.Generator, cfg: SyntheticConfig, geo: _Geometry, cv: _Canvas, col: np.ndarray,
+          yy: np.ndarray, xx: np.ndarray, fine: np.ndarray) -> list[tuple[float, Callable[[], None]]]:
+    """Cars on the road: ``(foot row, draw)`` pairs, painted later far-to-near."""
+    objects = []
+    for _ in range(int(rng.integers(1, 6))):  # cars on the road
+        frac = rng.uniform(0.12, 1.0)
+        foot = geo.row_at(frac)
+        lateral = rng.uniform(-0.72, 0.72) * geo.road_m
+        xc = geo.vx + lateral * float(geo.ppm(foot))
+        width = max(1.8 * _size_ppm(rng, geo, foot, 0.1, 1.0), 3.0)
+        paint = _CAR_PAINT[rng.integers(len(_CAR_PAINT))]
+        target = col[_BUILDING]  # cars drift towards facades: similar boxy, windowed blobs
+        colour = _jitter(rng, paint + cfg.appearance_overlap * (target - paint))
+        objects.append((foot, lambda f=foot, x=xc, cw=width, c=colour:
+                        _draw_car(cv, geo, yy, xx, fine, f, x, cw, c)))
+    return objects
+
+
+def _persons(rng: np.random.Generator, cfg: SyntheticConfig, geo: _Geometry, cv: _Canvas, col: np.ndarray,
+             yy: np.ndarray, xx: np.ndarray, fine: np.ndarray) -> list[tuple[float, Callable[[], None]]]:
+    """Persons on the sidewalks: ``(foot row, draw)`` pairs."""
+    min_person = max(3.0, cfg.height / 24)
+    objects = []
+    for _ in range(int(rng.integers(1, 6))):  # persons on the sidewalks
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        frac = rng.uniform(0.15, 1.0)
+        foot = geo.row_at(frac)
+        ks = geo.ks[side > 0]
+        outer_m = ks / geo.kr * geo.road_m
+        lateral = side * (geo.road_m + rng.uniform(0.15, 0.85) * (outer_m - geo.road_m))
+        xc = geo.vx + lateral * float(geo.ppm(foot))
+        height = max(1.75 * _size_ppm(rng, geo, foot, 0.15, 1.0), min_person)
+        stride = rng.uniform(-0.1, 0.25)
+        clothes = _CLOTHES[rng.integers(len(_CLOTHES))]
+        colour = _jitter(rng, clothes + cfg.appearance_overlap * (col[_PERSON] - clothes))
+        objects.append((foot, lambda f=foot, x=xc, ph=height, s=stride, c=colour:
+                        _draw_person(cv, geo, yy, xx, fine, f, x, ph, s, c)))
+    return objects
+
+
+def _poles(rng: np.random.Generator, cfg: SyntheticConfig, geo: _Geometry, cv: _Canvas, col: np.ndarray,
+           yy: np.ndarray, xx: np.ndarray, fine: np.ndarray) -> list[tuple[float, Callable[[], None]]]:
+    """Poles near the kerb, some carrying a sign: ``(foot row, draw)`` pairs."""
+    h = cfg.height
+    objects = []
+    for _ in range(int(rng.integers(1, 4))):  # poles near the kerb, some with a sign
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        frac = rng.uniform(0.1, 1.0)
+        foot = geo.row_at(frac)
+        ks = geo.ks[side > 0]
+        outer_m = ks / geo.kr * geo.road_m
+        lateral = side * (geo.road_m + rng.uniform(0.1, 0.45) * (outer_m - geo.road_m))
+        xc = geo.vx + lateral * float(geo.ppm(foot))
+        ppm = _size_ppm(rng, geo, foot, 0.1, 1.0)
+        width = int(np.clip(round(0.2 * ppm), 1, 3))
+        height = max(rng.uniform(4.5, 7.0) * ppm, h / 8)
+        colour = _jitter(rng, col[_POLE], 0.7)
+        has_sign = rng.random() < 0.65
+        sign_size = float(np.clip(rng.uniform(0.6, 1.0) * ppm, 3.0, h / 5))
+        shape = int(rng.integers(3))
+        offset = -side * rng.uniform(0.0, 0.5)  # signs hang towards the road
+        sign_colour = _jitter(rng, col[_SIGN], 0.7)
+        sign = (shape, sign_size, offset, sign_colour) if has_sign else None
+        objects.append((foot, lambda f=foot, x=xc, pw=width, ph=height, c=colour, s=sign:
+                        _draw_pole(cv, geo, yy, xx, fine, f, x, pw, ph, c, s)))
+    return objects
+
+
+def _paint_ego_vehicle(rng: np.random.Generator, cv: _Canvas, yy: np.ndarray, xx: np.ndarray) -> None:
+    """Ego-vehicle bonnet: unlabelled, like Cityscapes' labelId 1."""
+    h, w = cv.label.shape
+    has_ego = rng.random() < 0.4
+    ego_h = h * rng.uniform(0.06, 0.13)
+    if has_ego:
+        bulge = 1.0 - 0.6 * ((xx - w / 2) / (w / 2)) ** 2
+        ego = yy > h - ego_h * bulge
+        reflection = 0.4 * np.clip(1.0 - (h - yy) / ego_h, 0, 1) - 0.2
+        cv.paint(ego, EGO_VEHICLE_ID, np.array([0.10, 0.10, 0.12], np.float32),
+                 np.broadcast_to(reflection, (h, w)))
+
+
+def _paint_border(rng: np.random.Generator, cv: _Canvas) -> None:
+    """Rectification-like border in image (not scene) coordinates, labelled unlabelled."""
+    h, w = cv.label.shape
+    has_border = rng.random() < 0.3
+    sides = rng.random(4) < 0.5
+    thickness = int(rng.integers(1, 3))
+    if has_border:
+        for k, on in enumerate(sides):
+            if on:
+                sl = [(slice(0, thickness), slice(None)), (slice(h - thickness, h), slice(None)),
+                      (slice(None), slice(0, thickness)), (slice(None), slice(w - thickness, w))][k]
+                cv.label[sl] = UNLABELED_ID
+                cv.colour[sl] = 0.0
+
+
+def _illuminate(rng: np.random.Generator, cfg: SyntheticConfig, img: np.ndarray, yy: np.ndarray,
+                xx: np.ndarray) -> np.ndarray:
+    """Illumination (random exposure, contrast, white balance, soft gradients), then pixel noise."""
+    h, w = cfg.height, cfg.width
+    lit = cfg.lighting
+    gain = np.exp(lit * rng.normal(0.0, 0.5))
+    contrast = np.exp(lit * rng.normal(0.0, 0.5))
+    cast = np.exp(lit * rng.normal(0.0, 0.25, 3)).astype(np.float32)
+    offset = lit * rng.normal(0.0, 0.08)
+    gy, gx = lit * rng.uniform(-0.8, 0.8), lit * rng.uniform(-0.4, 0.4)
+    grad = 1.0 + gy * (yy / h - 0.5) + gx * (xx / w - 0.5)
+    img = ((img - 0.45) * contrast + 0.45) * (gain * grad)[..., None] * cast + offset
+    img = img + cfg.noise * rng.standard_normal((h, w, 3), dtype=np.float32)
+    return img
+
+
 def render_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene.
 
@@ -510,94 +597,18 @@ def render_scene(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.nda
     _paint_road(rng, geo, cv, col, yy, xx, fine, patches)
 
     # Objects are collected first and painted far-to-near so near ones occlude.
-    objects: list[tuple[float, Callable[[], None]]] = []
-    min_person = max(3.0, h / 24)
-    for _ in range(int(rng.integers(1, 6))):  # cars on the road
-        frac = rng.uniform(0.12, 1.0)
-        foot = geo.row_at(frac)
-        lateral = rng.uniform(-0.72, 0.72) * geo.road_m
-        xc = geo.vx + lateral * float(geo.ppm(foot))
-        width = max(1.8 * _size_ppm(rng, geo, foot, 0.1, 1.0), 3.0)
-        paint = _CAR_PAINT[rng.integers(len(_CAR_PAINT))]
-        target = col[_BUILDING]  # cars drift towards facades: similar boxy, windowed blobs
-        colour = _jitter(rng, paint + cfg.appearance_overlap * (target - paint))
-        objects.append((foot, lambda f=foot, x=xc, cw=width, c=colour:
-                        _draw_car(cv, geo, yy, xx, fine, f, x, cw, c)))
-    for _ in range(int(rng.integers(1, 6))):  # persons on the sidewalks
-        side = 1.0 if rng.random() < 0.5 else -1.0
-        frac = rng.uniform(0.15, 1.0)
-        foot = geo.row_at(frac)
-        ks = geo.ks[side > 0]
-        outer_m = ks / geo.kr * geo.road_m
-        lateral = side * (geo.road_m + rng.uniform(0.15, 0.85) * (outer_m - geo.road_m))
-        xc = geo.vx + lateral * float(geo.ppm(foot))
-        height = max(1.75 * _size_ppm(rng, geo, foot, 0.15, 1.0), min_person)
-        stride = rng.uniform(-0.1, 0.25)
-        clothes = _CLOTHES[rng.integers(len(_CLOTHES))]
-        colour = _jitter(rng, clothes + cfg.appearance_overlap * (col[_PERSON] - clothes))
-        objects.append((foot, lambda f=foot, x=xc, ph=height, s=stride, c=colour:
-                        _draw_person(cv, geo, yy, xx, fine, f, x, ph, s, c)))
-    for _ in range(int(rng.integers(1, 4))):  # poles near the kerb, some with a sign
-        side = 1.0 if rng.random() < 0.5 else -1.0
-        frac = rng.uniform(0.1, 1.0)
-        foot = geo.row_at(frac)
-        ks = geo.ks[side > 0]
-        outer_m = ks / geo.kr * geo.road_m
-        lateral = side * (geo.road_m + rng.uniform(0.1, 0.45) * (outer_m - geo.road_m))
-        xc = geo.vx + lateral * float(geo.ppm(foot))
-        ppm = _size_ppm(rng, geo, foot, 0.1, 1.0)
-        width = int(np.clip(round(0.2 * ppm), 1, 3))
-        height = max(rng.uniform(4.5, 7.0) * ppm, h / 8)
-        colour = _jitter(rng, col[_POLE], 0.7)
-        has_sign = rng.random() < 0.65
-        sign_size = float(np.clip(rng.uniform(0.6, 1.0) * ppm, 3.0, h / 5))
-        shape = int(rng.integers(3))
-        offset = -side * rng.uniform(0.0, 0.5)  # signs hang towards the road
-        sign_colour = _jitter(rng, col[_SIGN], 0.7)
-        sign = (shape, sign_size, offset, sign_colour) if has_sign else None
-        objects.append((foot, lambda f=foot, x=xc, pw=width, ph=height, c=colour, s=sign:
-                        _draw_pole(cv, geo, yy, xx, fine, f, x, pw, ph, c, s)))
+    args = (rng, cfg, geo, cv, col, yy, xx, fine)
+    objects = _cars(*args) + _persons(*args) + _poles(*args)
     objects.sort(key=lambda item: item[0])  # stable: ties keep creation order
     for _, draw in objects:
         draw()
 
-    # Ego-vehicle bonnet: unlabelled, like Cityscapes' labelId 1.
-    has_ego = rng.random() < 0.4
-    ego_h = h * rng.uniform(0.06, 0.13)
-    if has_ego:
-        bulge = 1.0 - 0.6 * ((xx - w / 2) / (w / 2)) ** 2
-        ego = yy > h - ego_h * bulge
-        reflection = 0.4 * np.clip(1.0 - (h - yy) / ego_h, 0, 1) - 0.2
-        cv.paint(ego, EGO_VEHICLE_ID, np.array([0.10, 0.10, 0.12], np.float32),
-                 np.broadcast_to(reflection, (h, w)))
-
+    _paint_ego_vehicle(rng, cv, yy, xx)
     if flip:  # position_prior < 1: vertical layout no longer predicts the class
         cv.label, cv.colour, cv.tex = cv.label[::-1], cv.colour[::-1], cv.tex[::-1]
+    _paint_border(rng, cv)
 
-    # Rectification-like border in image (not scene) coordinates, labelled unlabelled.
-    has_border = rng.random() < 0.3
-    sides = rng.random(4) < 0.5
-    thickness = int(rng.integers(1, 3))
-    if has_border:
-        for k, on in enumerate(sides):
-            if on:
-                sl = [(slice(0, thickness), slice(None)), (slice(h - thickness, h), slice(None)),
-                      (slice(None), slice(0, thickness)), (slice(None), slice(w - thickness, w))][k]
-                cv.label[sl] = UNLABELED_ID
-                cv.colour[sl] = 0.0
-
-    img = cv.colour * (1.0 + cv.tex[..., None])
-
-    # Illumination: random exposure, contrast, white balance and soft gradients.
-    lit = cfg.lighting
-    gain = np.exp(lit * rng.normal(0.0, 0.5))
-    contrast = np.exp(lit * rng.normal(0.0, 0.5))
-    cast = np.exp(lit * rng.normal(0.0, 0.25, 3)).astype(np.float32)
-    offset = lit * rng.normal(0.0, 0.08)
-    gy, gx = lit * rng.uniform(-0.8, 0.8), lit * rng.uniform(-0.4, 0.4)
-    grad = 1.0 + gy * (yy / h - 0.5) + gx * (xx / w - 0.5)
-    img = ((img - 0.45) * contrast + 0.45) * (gain * grad)[..., None] * cast + offset
-    img = img + cfg.noise * rng.standard_normal((h, w, 3), dtype=np.float32)
+    img = _illuminate(rng, cfg, cv.colour * (1.0 + cv.tex[..., None]), yy, xx)
     image = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
     return image, np.ascontiguousarray(cv.label)
 

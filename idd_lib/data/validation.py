@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from . import IGNORE_INDEX
+
 if TYPE_CHECKING:
     from .datasets import DatasetSpec
 
-IGNORE_INDEX = 255
 # What PIL raises on a file it cannot identify or decode: UnidentifiedImageError and "image file
 # is truncated" are OSErrors, a broken PNG chunk is a SyntaxError, some bad headers a ValueError.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError)

@@ -1,5 +1,8 @@
-"""ImageNet initialisation of the backbones: torchvision's weights (downloaded once into torch.hub's
-cache) or a local file, always read with ``torch.load(..., weights_only=True)``.
+"""ImageNet initialisation of the backbones: torchvision's weights or a local file.
+
+Torchvision's weights are downloaded once into torch.hub's cache; every file is read with
+``torch.load(..., weights_only=True)``.
+
 
 ``model.pretrained``: ``""`` no initialisation, ``"imagenet"`` torchvision's ImageNet-1k weights
 for the matching architecture, or a path to a state dict (torchvision naming, or the deep-stem

@@ -7,7 +7,7 @@ Every network is a :class:`Segmentor`; its forward returns a dict with
 * ``feat`` - the head's pre-classifier feature map, the feature IDD and PID distil.
 
 Logits stay at feature resolution: the distillation literature distils the 1/8-resolution
-maps (BASELINES.md), and the losses and the evaluator upsample where they need labels.
+maps (docs/baselines.md), and the losses and the evaluator upsample where they need labels.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from idd_lib import engine, runs, study
-from idd_lib.config import DataConfig, ModelConfig, get_profile
+from idd_lib.config import DataConfig, ModelConfig
+from idd_lib.presets import get_profile
 from idd_lib.data import datasets
 from idd_lib.data.synthetic import SPLIT_CITIES, SyntheticConfig, generate
 from idd_lib.data.validation import DatasetError

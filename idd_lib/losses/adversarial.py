@@ -1,4 +1,4 @@
-"""The holistic (adversarial) distillation term of SKD, with its discriminator and own optimiser.
+"""SKD's holistic (adversarial) term (``ho``): the discriminator and its own optimiser step.
 
 The discriminator is part of the criterion's state (its weights and Adam state are in the
 criterion's ``state_dict``, so checkpoint.pt resumes it), but it is not trained by the student's
@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from . import distributed
-from .config import AdversarialConfig
+from .. import distributed
+from ..config import AdversarialConfig, LossConfig
+from .common import check_choice, to_size
+from .registry import TermDims, register_term
 
 
 class SelfAttention(nn.Module):
@@ -65,6 +67,7 @@ class Discriminator(nn.Module):
         return self.net(x).mean((1, 2, 3))
 
 
+@register_term("ho")
 class HolisticAdversarialLoss(nn.Module):
     r"""SKD's holistic term: a discriminator D scores teacher maps as real and student maps as fake.
 
@@ -80,7 +83,7 @@ class HolisticAdversarialLoss(nn.Module):
     D sees the logits at their own (1/8) resolution, the student's resized to the teacher's; with
     ``input=image+logits`` the image, area-downsampled to that size, is concatenated.
 
-    Defaults (IFVD ``run_train_val.sh`` / TorchDistiller, BASELINES.md 2.2): generator weight
+    Defaults (IFVD ``run_train_val.sh`` / TorchDistiller, docs/baselines.md): generator weight
     0.001, :math:`\lambda_d = 0.1`, :math:`\lambda_{gp} = 10`, Adam(4e-4, betas (0.9, 0.99)).
     SKD master uses the same 0.1 for the generator and SGD for D; CIRKD uses hinge, no GP.
     The D step is a constant-rate Adam, as in IFVD.
@@ -90,10 +93,8 @@ class HolisticAdversarialLoss(nn.Module):
 
     def __init__(self, num_classes: int, cfg: AdversarialConfig):
         super().__init__()
-        if cfg.loss not in ("wgan-gp", "hinge"):
-            raise ValueError(f"options: ho.loss must be one of ['wgan-gp', 'hinge'], got {cfg.loss!r}")
-        if cfg.input not in ("logits", "image+logits"):
-            raise ValueError(f"options: ho.input must be one of ['logits', 'image+logits'], got {cfg.input!r}")
+        check_choice(cfg.loss, ("wgan-gp", "hinge"), "ho.loss")
+        check_choice(cfg.input, ("logits", "image+logits"), "ho.input")
         self.cfg = cfg
         self.discriminator = Discriminator(num_classes + (3 if cfg.input == "image+logits" else 0), cfg.conv_dim)
         self._optimizer: torch.optim.Optimizer | None = None
@@ -105,14 +106,16 @@ class HolisticAdversarialLoss(nn.Module):
             self._optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.lr, betas=self.cfg.betas)
         return self._optimizer
 
+    @classmethod
+    def from_config(cls, cfg: LossConfig, dims: TermDims) -> HolisticAdversarialLoss:
+        return cls(dims.num_classes, cfg.ho)
+
     def separate_parameters(self):
         """Trained by :meth:`update`, never by the student's optimiser."""
         return self.discriminator.parameters()
 
     def _input(self, logits: torch.Tensor, size, images: torch.Tensor | None) -> torch.Tensor:
-        logits = logits.float()
-        if logits.shape[-2:] != tuple(size):
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        logits = to_size(logits.float(), size)
         if self.cfg.input == "logits":
             return logits
         if images is None:

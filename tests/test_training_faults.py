@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import with_iterations
-from idd_lib import config, engine, losses, report, rundir, runs
+from idd_lib import engine, losses, presets, report, rundir, runs
 from idd_lib.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_runs_write_only_their_own_folder_with_its_provenance_and_the_report_rea
     assert started <= finished <= datetime.datetime.now(datetime.timezone.utc)
     assert "resumed" not in prov
 
-    monkeypatch.setitem(config.PROFILES, "tiny", tiny_profile)
+    monkeypatch.setitem(presets.PROFILES, "tiny", tiny_profile)
     prov.update(device="cpu (provenance marker)", git={"commit": "0123456789abcdef", "dirty": True})
     (folder / "provenance.json").write_text(json.dumps(prov))
     report.write_report("tiny")

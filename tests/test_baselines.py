@@ -1,4 +1,4 @@
-"""Defining properties of the baseline KD terms (BASELINES.md 2.2) and a 2-step run of every method."""
+"""Defining properties of the baseline KD terms (docs/baselines.md) and a 2-step run of every method."""
 import dataclasses
 import json
 import os
@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from idd_lib import engine, runs
-from idd_lib.adversarial import HolisticAdversarialLoss
-from idd_lib.config import AdversarialConfig, CIRKDConfig, CWDConfig, LossConfig, PairwiseConfig, get_profile
+from idd_lib.losses.adversarial import HolisticAdversarialLoss
+from idd_lib.config import AdversarialConfig, CIRKDConfig, CWDConfig, LossConfig, PairwiseConfig
 from idd_lib.data.datasets import dataset_spec
 from idd_lib.losses import (METHODS, TERM_BUILDERS, ChannelWiseDistillation, CrossImageMemoryLoss,
                             CrossImagePixelLoss, DistillationCriterion, IntraClassFeatureVariationLoss,
                             PairwiseAffinityLoss, method_weights)
 from idd_lib.models import build_segmentor
+from idd_lib.presets import get_profile
 
 K = 5
 ROOT = Path(__file__).resolve().parents[1]
