@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PROFILE ?= default
+OPTIONS ?=
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 study: $(STAMP)
-	$(PY) -m idd_lib.study --profile $(PROFILE)
+	$(PY) -m idd_lib.study --profile $(PROFILE) --options "$(OPTIONS)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
