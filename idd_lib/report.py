@@ -54,7 +54,7 @@ def current_results(profile) -> list[dict]:
     for result in collect_results(profile):
         try:
             cfg = student_config(profile, result["method"], result["seed"], result.get("weights_override") or None,
-                                 result.get("options") or None)
+                                 result.get("options") or None, check=False)
         except ValueError:  # a method or option that no longer exists
             continue
         if cfg.digest() == result.get("config_digest"):
