@@ -211,7 +211,9 @@ def config_digest(cfg: Any) -> str:
     fields = dataclasses.asdict(cfg)
     for group, names in RUNTIME_ONLY.items():
         if isinstance(fields.get(group), dict):
-            fields[group] = {k: v for k, v in fields[group].items() if k not in names}
+            # the generator's knobs mean nothing to a dataset folder: they select no other run either
+            unused = ("synthetic",) if fields[group].get("dataset", "synthetic") != "synthetic" else ()
+            fields[group] = {k: v for k, v in fields[group].items() if k not in (*names, *unused)}
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -221,6 +223,7 @@ def variant_digest(cfg: RunConfig) -> str:
     return config_digest(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=0)))
 
 
+MAX_SIZE = 8192    # pixels of a training crop side: larger ones only exhaust memory
 MAX_SEED = 10**6  # seeds are mixed into per-sample 64-bit RNG seeds (data.datasets): keep the product in range
 
 
@@ -245,7 +248,8 @@ LIMITS: dict[type, dict[str, tuple[Callable[[Any], bool], str]]] = {
     DataConfig: {
         "batch_size": ((lambda v: v >= 2), "an integer >= 2 (BatchNorm needs two images per batch)"),
         "eval_batch_size": _at_least(1), "num_workers": _at_least(0), "base_size": _at_least(0),
-        "crop_size": ((lambda v: v is None or len(v) == 2 and min(v) >= 1), "two sizes >= 1 (h w), or none"),
+        "crop_size": ((lambda v: v is None or len(v) == 2 and 1 <= min(v) and max(v) <= MAX_SIZE),
+                      f"two sizes from 1 to {MAX_SIZE} (h w), or none"),
         "scale_range": ((lambda v: len(v) == 2 and 0 < v[0] <= v[1]), "two factors 0 < low <= high"),
     },
     ModelConfig: {
@@ -411,7 +415,8 @@ def _coerce(value: str, current: Any, key: str) -> Any:
         try:
             number = type(current)(value)
         except ValueError:
-            raise ValueError(f"options: {key} expects a {type(current).__name__}, got {value!r}") from None
+            kind = "an integer" if isinstance(current, int) else "a number"
+            raise ValueError(f"options: {key} expects {kind}, got {value!r}") from None
         if not math.isfinite(number):
             raise ValueError(f"options: {key} expects a finite number, got {value!r}")
         return number

@@ -201,6 +201,7 @@ def setup(cfg: RunConfig, folder: Path, teacher: Segmentor | None, fresh: bool) 
     val_set = build_dataset(cfg.data, "val", train=False)
     for split in (train_set, val_set):
         split.require_labels()
+    val_set.require_one_size()
     check_eval_config(cfg.train.eval)
     # ImageNet initialisation only for a fresh start: a resumed run loads its own weights
     model = build_segmentor(cfg.model, spec.num_classes, pretrained=fresh).to(device, memory_format=memory_format)
@@ -309,11 +310,12 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     its numbers join that validation row and, at the end, the result - e.g. the agreement with
     the teacher's distance matrix (:class:`idd_lib.analysis.TeacherAgreement`).
     """
-    folder = make_folder(Path(run_dir))
+    folder = Path(run_dir)
     if (folder / RESULT).exists() and resume:
         return read_result(folder)
     check_limits(cfg)
     run = setup(cfg, folder, teacher, fresh=not (resume and (folder / CHECKPOINT).exists()))
+    make_folder(folder)  # only now: a run refused by its data checks leaves no folder
     resume_or_start(run, resume)
     # after loading a checkpoint: a resumed run's modules are fitted already
     prefit_terms(run.criterion, run.teacher, run.train_set, cfg, run.device, run.memory_format, run.amp)

@@ -26,6 +26,9 @@ def results_frame(rows: Sequence[dict]) -> pd.DataFrame:
     if "variant" in frame:
         shared = frame.groupby("label")["variant"].transform("nunique") > 1
         frame.loc[shared, "label"] += " #" + frame.loc[shared, "variant"].str[:6]
+    if "other_teacher" in frame:  # distilled from another teacher than the profile's (teacher.*/data.* options)
+        other = frame["other_teacher"].fillna(False).astype(bool)
+        frame.loc[other, "label"] += " (teacher " + frame.loc[other, "teacher"].str[:6] + ")"
     return frame
 
 
@@ -45,7 +48,7 @@ def current_results(profile) -> list[dict]:
     """The finished student runs of ``profile`` whose config digest is what the code resolves today
     for their method, seed, weights and options. A run left in the folder by an earlier version of
     the config (older code, changed profile) is skipped, so it never mixes into the statistics."""
-    from .config import variant_digest
+    from .config import teacher_of, variant_digest
     from .presets import get_profile
     from .runs import collect_results, student_config
 
@@ -58,7 +61,9 @@ def current_results(profile) -> list[dict]:
         except ValueError:  # a method or option that no longer exists
             continue
         if cfg.digest() == result.get("config_digest"):
-            kept.append({**result, "variant": variant_digest(cfg)})
+            teacher = teacher_of(cfg).digest()
+            kept.append({**result, "variant": variant_digest(cfg), "teacher": teacher,
+                         "other_teacher": teacher != profile.teacher_config().digest()})
     return kept
 
 
@@ -279,6 +284,12 @@ def _position_section(folder: Path, profile) -> list[str]:
         "",
         _figure(folder, "position_probe", "Held-out R² of the position probe per network and position map."),
         "",
+    ] + (_sweep_lines(folder, sweep) if profile.data.dataset == "synthetic" else [])
+
+
+def _sweep_lines(folder: Path, sweep) -> list[str]:
+    """The position-prior sweep: it varies the generated benchmark, so only a synthetic study has it."""
+    return [
         f"**Position-prior sweep (reduced size).** The benchmark's `position_prior` at "
         f"{', '.join(f'{p:g}' for p in sweep.priors)} (0: position uninformative, 1: Cityscapes-like, "
         f"2: strong), each with its own data and teacher, for {', '.join(sweep.methods)}. To fit the "
@@ -294,14 +305,16 @@ def _position_section(folder: Path, profile) -> list[str]:
     ]
 
 
-def _benchmark_and_runs_section(folder: Path, provenance_md: str) -> list[str]:
-    return [
+def _benchmark_and_runs_section(folder: Path, provenance_md: str, synthetic: bool) -> list[str]:
+    benchmark = [
         "## The benchmark",
         "",
         _figure(folder, "synthetic_samples", "Samples of the embedded synthetic street scenes and their labels."),
         "",
         _figure(folder, "synthetic_knobs", "The knobs: position prior (rows) and appearance overlap (columns)."),
         "",
+    ]
+    return (benchmark if synthetic else []) + [
         "## Runs",
         "",
         "Every student run: config digest (the hash of its resolved config, also in its folder name; the "
@@ -330,7 +343,7 @@ def write_report(profile) -> Path:
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"]),
              *_students_section(folder), *_distances_section(folder), *_position_section(folder, profile),
-             *_benchmark_and_runs_section(folder, provenance_md)]
+             *_benchmark_and_runs_section(folder, provenance_md, profile.data.dataset == "synthetic")]
     path = folder / "REPORT.md"
     path.write_text("\n".join(lines))
     return path

@@ -25,6 +25,7 @@ from .engine import load_model, resolve_device, train
 from .inference import check_eval_config
 from .losses import DistillationCriterion, get_method, method_weights
 from .models import Segmentor, build_segmentor
+from .models.pretrained import require_weights_file
 from .paths import cache_root, profile_dir
 from .presets import PROFILES, get_profile
 from .rundir import RESULT, RunFileError, read_metrics, read_result  # noqa: F401  (read_metrics: notebooks' name)
@@ -55,6 +56,9 @@ def check_run(cfg: RunConfig) -> None:
         if not root.is_dir():
             raise ValueError(f"data.root: {root} {'is not a folder' if root.exists() else 'does not exist'}; "
                              f"expected the {cfg.data.dataset} dataset folder")
+    for option, network in (("model", cfg.model), ("teacher", cfg.teacher)):
+        if network is not None and network.pretrained not in ("", "imagenet"):
+            require_weights_file(network.pretrained, f"{option}.pretrained")
     num_classes = dataset_spec(cfg.data).num_classes
     with torch.device("meta"):
         student = build_segmentor(cfg.model, num_classes)
@@ -168,7 +172,11 @@ def run_student(profile: Profile | str, method: str, seed: int = 0, weights: dic
                                          "--weights", ",".join(f"{k}={v!r}" for k, v in (weights or {}).items()),
                                          "--options", join_options(options or {})])
     if (folder / RESULT).exists():
-        return read_result(folder)
+        result = read_result(folder)
+        if result.get("tag", "") != tag:
+            warnings.warn(f"{folder}: this configuration already ran as {result.get('tag') or result['method']!r}; "
+                          f"its result is returned, under that label (not {tag!r})", stacklevel=2)
+        return result
     # Every method gets the teacher: it is also the reference of the agreement-over-training curve.
     teacher_options = {k: v for k, v in (options or {}).items() if k.startswith(TEACHER_OPTIONS)}
     teacher, _ = _teacher(profile, teacher_of(cfg), teacher_options, progress, nproc=1)

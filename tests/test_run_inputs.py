@@ -199,12 +199,13 @@ BAD_OPTIONS = [
     ("train.iterations", "0", "expects an integer >= 1"), ("train.iterations", "-5", "expects an integer >= 1"),
     ("data.batch_size", "0", "an integer >= 2"), ("data.batch_size", "-1", "an integer >= 2"),
     ("data.batch_size", "1", "an integer >= 2"), ("train.log_every", "0", ">= 1"),
-    ("data.crop_size", "0 0", "two sizes >= 1"), ("data.scale_range", "0 0", "0 < low <= high"),
+    ("data.crop_size", "0 0", "two sizes from 1 to 8192"), ("data.scale_range", "0 0", "0 < low <= high"),
     ("train.device", "tpu", "auto, cpu, cuda or cuda:N"), ("loss.pid.targets", "", "one or more position maps"),
     ("loss.weights", "idd", "not an option; set it with the weights parameter"), ("model.width", "0", ">= 0.0625"),
     ("train.lr", "nan", "a finite number"), ("data.synthetic.height", "8", "height and width must be >= 16"),
     ("loss.idd.metric", "manhattan", "idd.metric must be one of"), ("model.head", "fcn", "model.head"),
     ("data.eval_batch_size", "0", ">= 1"), ("teacher_train.iterations", "0", "teacher_train.iterations expects"),
+    ("data.crop_size", "99999 99999", "two sizes from 1 to 8192"), ("train.iterations", "1.5", "expects an integer"),
 ]
 
 
@@ -298,3 +299,38 @@ def test_weights_turned_non_finite_by_the_last_update_never_finish_a_run(tiny_pr
     with pytest.raises(FloatingPointError, match="step 4: the network's weights are not finite after its last update"):
         engine.train(tiny_profile.run_config("baseline", 0), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / rundir.RESULT).exists()
+
+
+def test_mixed_sizes_with_batched_evaluation_and_wide_labels_are_refused_before_training(tiny_profile, tmp_path):
+    root = make_mixed_folder(tmp_path / "mixed")
+    with pytest.raises(DatasetError, match=r"data.eval_batch_size: the val images of .* have 3 sizes "
+                                           r"\(.*\); set data.eval_batch_size=1"):
+        runs.run_student(tiny_profile, "kd", 0, options=folder_options(root), progress=False)
+    assert not list((Path(os.environ["IDD_RESULTS"]) / "cache" / "teachers").glob("*"))  # no empty folder left
+    wide = np.zeros((32, 64), np.uint16)
+    wide[:4] = 600
+    for mask in (root / "masks" / "train").glob("*.png"):
+        Image.fromarray(wide).save(mask)
+    with pytest.raises(DatasetError, match=r"masks/train/im0.png: label values range 0..600; expected 8-bit"):
+        runs.run_student(tiny_profile, "kd", 0, options=folder_options(root, **{"data.eval_batch_size": "1"}),
+                         progress=False)
+
+
+def test_teacher_options_are_named_as_such_and_synthetic_knobs_ignored_on_real_data(tiny_profile, tmp_path):
+    root = make_cityscapes(tmp_path / "cityscapes")
+    with pytest.raises(FileNotFoundError, match=r"^teacher.pretrained: .*resnet101-imagenet.pth is not a file"):
+        runs.student_config(get_profile("paper-cityscapes"), "kd", 0,
+                            options={"data.root": str(root), "model.pretrained": ""})
+    folder = folder_options(make_folder(tmp_path / "f"))  # the generator's knobs select no other run of a folder
+    assert runs.student_config(tiny_profile, "kd", 0, options={**folder, "data.synthetic.seed": "5"}).digest() == \
+        runs.student_config(tiny_profile, "kd", 0, options=folder).digest()
+
+
+def test_runs_of_another_teacher_are_labelled_and_a_reused_run_says_so(tiny_profile):
+    runs.run_student(tiny_profile, "kd", 0, tag="first", progress=False)
+    with pytest.warns(UserWarning, match="already ran as 'first'; its result is returned"):
+        runs.run_student(tiny_profile, "kd", 0, tag="second", progress=False)
+    runs.run_student(tiny_profile, "kd", 0, options={"teacher_train.iterations": "3"}, progress=False)
+    labels = sorted(report.results_frame(report.current_results(tiny_profile))["label"])
+    other = runs.teacher_of(runs.student_config(tiny_profile, "kd", 0, options={"teacher_train.iterations": "3"}))
+    assert labels == ["kd [first]", f"kd [teacher_train.iterations=3] (teacher {other.digest()[:6]})"]

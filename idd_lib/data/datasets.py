@@ -156,6 +156,18 @@ class SegmentationDataset(Dataset):
             f"{self.root} ({self.split} split): none of its {len(self)} label files holds a pixel of a class "
             f"(every value is void or 255); expected label ids of the {self.spec.name} classes")
 
+    def require_one_size(self) -> None:
+        """Raise when images of several sizes would be stacked into one evaluation batch (image
+        headers only are read), naming the setting that evaluates them one at a time."""
+        if self.eval_batch_size == 1:
+            return
+        sizes = sorted({validation.image_size(path) for path in self.base.images})
+        if len(sizes) > 1:
+            shown = ", ".join(f"{w}x{h}" for w, h in sizes[:3])
+            raise validation.DatasetError(
+                f"data.eval_batch_size: the {self.split} images of {self.root} have {len(sizes)} sizes ({shown}"
+                f"{', ...' if len(sizes) > 3 else ''}); set data.eval_batch_size=1 to evaluate them one at a time")
+
     def __getitem__(self, key: int | tuple[int, int]):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         # decoded here rather than by self.base[index], so a bad file is reported by name

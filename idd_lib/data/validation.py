@@ -117,9 +117,33 @@ def _decode(path: str | Path, what: str) -> Image.Image:
                            "folder)") from None
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file is missing") from None
+    except _DECODE_ERRORS as err:
+        raise DatasetError(f"{path}: cannot read the image header ({type(err).__name__}: {err})") from None
+
+
 def read_label(path: str | Path) -> np.ndarray:
-    """The stored values of one label file (decoded, not checked)."""
-    return np.asarray(_decode(path, "label"))
+    """The stored values of one label file as ``H x W`` uint8 (one channel, 8-bit ids checked)."""
+    return _label_ids(_decode(path, "label"), path)
+
+
+def _label_ids(label: Image.Image, path: str | Path) -> np.ndarray:
+    raw = np.array(label)
+    if raw.ndim != 2:
+        raise DatasetError(f"{path}: label image has mode {label.mode}; expected one channel of label ids "
+                           "(a colour-coded label?)")
+    if raw.dtype != np.uint8:
+        lo, hi = int(raw.min()), int(raw.max())
+        if lo < 0 or hi > 255:
+            raise DatasetError(f"{path}: label values range {lo}..{hi}; expected 8-bit label ids 0..255")
+        raw = raw.astype(np.uint8)
+    return raw
 
 
 def read_sample(image_path: str | Path, label_path: str | Path,
@@ -130,15 +154,7 @@ def read_sample(image_path: str | Path, label_path: str | Path,
     if image.size != label.size:
         raise DatasetError(f"{image_path} is {image.size[0]}x{image.size[1]} but its label {label_path} is "
                            f"{label.size[0]}x{label.size[1]}; expected the same size")
-    raw = np.array(label)
-    if raw.ndim != 2:
-        raise DatasetError(f"{label_path}: label image has mode {label.mode}; expected one channel of label ids "
-                           "(a colour-coded label?)")
-    if raw.dtype != np.uint8:
-        lo, hi = int(raw.min()), int(raw.max())
-        if lo < 0 or hi > 255:
-            raise DatasetError(f"{label_path}: label values range {lo}..{hi}; expected 8-bit label ids 0..255")
-        raw = raw.astype(np.uint8)
+    raw = _label_ids(label, label_path)
     if legal is not None:
         # one pass over the pixels: a histogram of the 256 possible values
         present = np.bincount(raw.ravel(), minlength=256) > 0

@@ -71,15 +71,22 @@ def download_state_dict(weights: models.WeightsEnum) -> dict[str, torch.Tensor]:
                            f"TORCH_HOME moves it), or set model.pretrained=/path/to/{filename}") from None
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a file: plain, or under a ``state_dict``/``model`` key; ``module.`` prefixes dropped."""
+def require_weights_file(path: str | Path, option: str = "model.pretrained") -> Path:
+    """The file a ``pretrained`` path names (a relative one is also looked up in the project, where
+    the presets' ``pretrained/...`` lives); ``option`` names the setting in the error."""
     path = Path(path)
-    if not path.is_absolute() and not path.is_file():  # the presets' pretrained/... lives in the project
+    if not path.is_absolute() and not path.is_file():
         path = project_root() / path
     if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained: {path} is not a file; expected a state dict (.pth) there "
+        raise FileNotFoundError(f"{option}: {path} is not a file; expected a state dict (.pth) there "
                                 "(e.g. the deep-stem resnet18-imagenet.pth / resnet101-imagenet.pth the SKD and "
-                                "CIRKD READMEs link), 'imagenet' for torchvision's weights, or '' for none")
+                                f"CIRKD READMEs link), 'imagenet' for torchvision's weights, or {option}= for none")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file: plain, or under a ``state_dict``/``model`` key; ``module.`` prefixes dropped."""
+    path = require_weights_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
