@@ -15,7 +15,6 @@ import math
 import os
 import pickle
 import random
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a notebook bar in Jupyter, text on stderr elsewhere
 
 from . import distributed
 from .config import EvalConfig, RunConfig
@@ -306,8 +305,9 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     criterion.train()
     # only rank 0 writes the log (the others write to the null device, one code path)
     log = (run_dir / METRICS).open("a") if main else open(os.devnull, "w")
-    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=f"{cfg.loss.method} s{cfg.train.seed}",
-               file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
+    label = "teacher" if (extra or {}).get("role") == "teacher" else f"{cfg.loss.method} s{cfg.train.seed}"
+    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=label, mininterval=2.0,
+               dynamic_ncols=True)
     last_values: dict[str, float] = {}
 
     def validate() -> dict[str, Any]:

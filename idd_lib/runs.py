@@ -118,11 +118,10 @@ def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
 def load_students(profile: Profile | str, methods: list[str], seed: int) -> dict[str, Segmentor]:
     """Trained students of the default-weight runs of ``methods`` for one seed."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    models = {}
-    for method in methods:
-        cfg = student_config(profile, method, seed)
-        folder = run_dir(profile, cfg)
-        if not (folder / RESULT).exists():
-            raise FileNotFoundError(f"{folder}: no finished {method} run for seed {seed}; run 03_ablation first")
-        models[method] = load_model(folder, cfg)
-    return models
+    configs = {method: student_config(profile, method, seed) for method in methods}
+    folders = {method: run_dir(profile, cfg) for method, cfg in configs.items()}
+    missing = [method for method, folder in folders.items() if not (folder / RESULT).exists()]
+    if missing:  # every missing run at once, so one 03_ablation call makes them all
+        raise FileNotFoundError(f"no finished run of {missing} for seed {seed} in {profile_dir(profile.name) / 'runs'}; "
+                                f"run 03_ablation with profile={profile.name!r} first")
+    return {method: load_model(folders[method], cfg) for method, cfg in configs.items()}
