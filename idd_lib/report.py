@@ -135,12 +135,15 @@ def highlight_changes(table: pd.DataFrame, baseline: str = "baseline", top: int 
 
 
 def write_table(frame: pd.DataFrame, stem: str | Path, index: bool = False) -> str:
-    """CSV + Markdown next to each other; returns the Markdown."""
+    """CSV, Markdown and LaTeX (booktabs) next to each other; returns the Markdown."""
+    from .export import latex_table
+
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(stem.with_suffix(".csv"), index=index)
     markdown = frame.to_markdown(index=index, floatfmt=".2f")
     stem.with_suffix(".md").write_text(markdown + "\n")
+    stem.with_suffix(".tex").write_text(latex_table(frame, index))
     return markdown
 
 
@@ -181,6 +184,7 @@ def write_report(profile_name: str) -> Path:
     import json
 
     from .config import get_profile
+    from .export import markdown_to_html
     from .paths import profile_dir
     from .provenance import git_state
     from .runs import teacher_dir
@@ -291,4 +295,5 @@ def write_report(profile_name: str) -> Path:
     ]
     path = folder / "REPORT.md"
     path.write_text("\n".join(lines))
+    markdown_to_html(path)  # REPORT.html beside it, figures embedded
     return path
