@@ -83,7 +83,8 @@ def _show_one_line(shell, etype, value, tb, tb_offset=None):
     sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb  # so %tb still shows it
     line = f"{etype.__name__}: {value}"
     # the kernel's own stderr is the papermill CLI's terminal: the line comes before papermill's traceback
-    print(f"error: {line}", file=sys.__stderr__, flush=True)
+    # (on a line of its own, after papermill's progress bar)
+    print(f"\nerror: {line}", file=sys.__stderr__, flush=True)
     shell._showtraceback(etype, value, [f"\x1b[31m{line}\x1b[0m  (%tb shows the traceback)"])
 
 
