@@ -129,7 +129,7 @@ def _run_all(page, notebook) -> None:
 
 
 @pytest.mark.parametrize("name", ["00_synthetic_data.ipynb", "02_distill.ipynb"])
-def test_notebook_runs_all_twice_in_the_browser_on_the_project_kernel(page, name):
+def test_notebook_runs_all_twice_in_the_browser_on_the_project_kernel(page, lab, name):
     from playwright.sync_api import expect
 
     notebook = _open_from_file_browser(page, name)
@@ -141,3 +141,4 @@ def test_notebook_runs_all_twice_in_the_browser_on_the_project_kernel(page, name
     assert errors.count() == 0, errors.all_inner_texts()
     assert notebook.locator(".jp-OutputArea-output img").count() >= 1
     expect(kernel).to_have_text(KERNEL_DISPLAY_NAME)
+    assert "without encryption" not in lab[1].read_text()  # Lab's kernels get CurveZMQ keys
