@@ -39,12 +39,20 @@ def _embed_images(body: str, folder: Path) -> str:
     return _IMAGE.sub(data_uri, body)
 
 
+def html_body(markdown_path: str | Path) -> str:
+    """A Markdown file as HTML, tables rendered, its PNG figures embedded (also what 06 displays:
+    Jupyter cannot follow the report's relative figure links)."""
+    markdown_path = Path(markdown_path)
+    return _embed_images(MarkdownIt("commonmark").enable("table").render(markdown_path.read_text()),
+                         markdown_path.parent)
+
+
 def markdown_to_html(markdown_path: str | Path) -> Path:
-    """Write ``<stem>.html`` beside a Markdown file: tables rendered, PNG figures embedded as data URIs."""
+    """Write ``<stem>.html`` beside a Markdown file: one page, figures embedded as data URIs."""
     markdown_path = Path(markdown_path)
     text = markdown_path.read_text()
     title = next((line.lstrip("# ").replace("`", "") for line in text.splitlines() if line.startswith("# ")), markdown_path.stem)
-    body = _embed_images(MarkdownIt("commonmark").enable("table").render(text), markdown_path.parent)
+    body = html_body(markdown_path)
     path = markdown_path.with_suffix(".html")
     path.write_text(f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
                     f"<title>{html.escape(title)}</title>\n<style>\n{_STYLE}\n</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
