@@ -24,8 +24,8 @@ KERNEL_DISPLAY_NAME = "IDD study (.venv)"
 # papermill's injected-parameters cell starts with this comment (its Python translator)
 _INJECTED_HEADER = "# Parameters"
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
-# errors the project raises about its input: shown as one line when raised from idd_lib itself
-_INPUT_ERRORS = (ValueError, OSError, RuntimeError)
+# errors the project raises about its input (and a diverged run): one line when raised from idd_lib itself
+_INPUT_ERRORS = (ValueError, OSError, RuntimeError, FloatingPointError)
 
 
 class ParameterError(ValueError):
