@@ -118,8 +118,10 @@ def show_table(table, keys: str | Sequence[str], max_columns: int = 8, digits: i
     from IPython.display import display
 
     table = table.dropna(axis=1, how="all").round(digits).set_index(keys)
-    for start in range(0, len(table.columns), max_columns):
-        display(table.iloc[:, start:start + max_columns])
+    parts = max(1, -(-len(table.columns) // max_columns))
+    width = -(-len(table.columns) // parts)  # parts of even width: 9 columns as 5 + 4, not 8 + 1
+    for start in range(0, len(table.columns), width):
+        display(table.iloc[:, start:start + width])
 
 
 def install_kernel(user: bool = False) -> str:

@@ -77,3 +77,28 @@ def test_every_notebook_names_the_project_kernel_and_make_installs_it():
 
     spec = KernelSpecManager().get_kernel_spec(nb.KERNEL_NAME)
     assert spec.display_name == nb.KERNEL_DISPLAY_NAME and Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
+
+
+def test_show_table_hides_empty_statistics_and_splits_wide_tables_evenly(monkeypatch):
+    import numpy as np
+    import pandas as pd
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    columns = {f"c{i}": [1.23456, 2.0] for i in range(9)}
+    nb.show_table(pd.DataFrame({"method": ["a", "b"], **columns, "c0 std": [np.nan, np.nan]}), "method")
+    assert [list(part.columns) for part in shown] == [[f"c{i}" for i in range(5)], [f"c{i}" for i in range(5, 9)]]
+    assert list(shown[0].index) == ["a", "b"] and shown[0].loc["a", "c0"] == 1.235
+
+
+def test_show_displays_the_saved_figure_once_and_returns_nothing(monkeypatch, tmp_path):
+    import matplotlib.pyplot as plt
+    from IPython.display import Image
+
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)
+    fig, _ = plt.subplots()
+    assert nb.show(fig, tmp_path / "f") is None
+    (image,) = shown
+    assert isinstance(image, Image) and image.data == (tmp_path / "f.png").read_bytes()
+    assert (tmp_path / "f.pdf").is_file() and not plt.fignum_exists(fig.number)  # no second inline copy
