@@ -114,18 +114,26 @@ def _open_from_file_browser(page, name: str):
     return notebook
 
 
+def _execution_counts(notebook) -> list[int | None]:
+    """Each code cell's ``[n]`` (None while queued ``[*]`` or never run ``[ ]``)."""
+    texts = notebook.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+    return [int(m.group(1)) if (m := re.search(r"\[(\d+)\]", t)) else None for t in texts]
+
+
 def _run_all(page, notebook) -> None:
+    """Run > Run All Cells; returns when every cell ran again (or one failed) and the kernel is idle."""
+    before = max(filter(None, _execution_counts(notebook)), default=0)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-    prompts = notebook.locator(".jp-CodeCell .jp-InputArea-prompt")
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:  # done: no cell queued or running ([*]), the kernel idle
-        texts = prompts.all_inner_texts()
+    while time.monotonic() < deadline:
+        counts = _execution_counts(notebook)
         idle = notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
-        if texts and idle and not any("*" in t for t in texts) and all(re.search(r"\d", t) for t in texts):
+        failed = notebook.locator("[data-mime-type='application/vnd.jupyter.error']").count() > 0
+        if idle and (failed or counts and all(c is not None and c > before for c in counts)):
             return
         time.sleep(1)
-    raise AssertionError(f"Run All did not finish in {RUN_TIMEOUT_S} s")
+    raise AssertionError(f"Run All did not finish in {RUN_TIMEOUT_S} s; execution counts {_execution_counts(notebook)}")
 
 
 @pytest.mark.parametrize("name", ["00_synthetic_data.ipynb", "02_distill.ipynb"])
