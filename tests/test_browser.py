@@ -122,15 +122,19 @@ def _execution_counts(notebook) -> list[int | None]:
 
 def _run_all(page, notebook) -> None:
     """Run > Run All Cells; returns when every cell ran again (or one failed) and the kernel is idle."""
+    from playwright.sync_api import expect
+
+    idle = notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+    expect(idle).to_have_count(1, timeout=120_000)  # a menu click before the kernel is ready does nothing
+    notebook.locator(".jp-Notebook-cell").first.click()  # the notebook, not the file browser, has focus
     before = max(filter(None, _execution_counts(notebook)), default=0)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         counts = _execution_counts(notebook)
-        idle = notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
         failed = notebook.locator("[data-mime-type='application/vnd.jupyter.error']").count() > 0
-        if idle and (failed or counts and all(c is not None and c > before for c in counts)):
+        if idle.count() and (failed or counts and all(c is not None and c > before for c in counts)):
             return
         time.sleep(1)
     raise AssertionError(f"Run All did not finish in {RUN_TIMEOUT_S} s; execution counts {_execution_counts(notebook)}")
