@@ -1,19 +1,21 @@
-# The README's commands. Everything (venv, torch, the package) is set up on first use.
+# The README's commands. Everything (venv, pinned packages, the package, its Jupyter kernel) is set up on first use.
 PYTHON ?= python3.11
 VENV ?= .venv
 PROFILE ?= default
 OPTIONS ?=
 PY := $(VENV)/bin/python
-TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# exact versions of every package the reference results were produced with (make lock rewrites it)
+LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: study test lab install clean-results
+.PHONY: study test lab kernel install lock clean-results
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e ".[notebooks,test]" $(TORCH_PINS)
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m idd_lib.notebook install-kernel
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,9 +26,19 @@ study: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# CurveZMQ keys for the kernels Lab starts (their kernelspec supports them): no plain-TCP warning
 lab: $(STAMP)
-	$(PY) -m ipykernel install --sys-prefix --name idd-study --display-name "IDD study (.venv)"
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab --KernelManager.transport_encryption=auto notebooks
+
+# the kernel for every Jupyter of this user (VS Code, a system JupyterLab), not only this venv's
+kernel: $(STAMP)
+	$(PY) -m idd_lib.notebook install-kernel --user
+
+# the CUDA libraries torch's Linux wheel pulls in are marked Linux-only, as torch's own metadata does
+lock:
+	{ echo "# Exact versions of every package (make lock; Python 3.11, Linux x86_64). Loose ranges: pyproject.toml."; \
+	  $(PY) -m pip freeze --all --exclude-editable | grep -v '^pip==' \
+	  | sed -E '/^(cuda-|nvidia-|triton==)/ s/$$/ ; platform_system == "Linux"/'; } > $(LOCK)
 
 clean-results:
 	rm -rf results/$(PROFILE)

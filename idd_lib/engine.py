@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a notebook bar in Jupyter, text on stderr elsewhere
 
 from . import distributed
 from .config import EvalConfig, RunConfig, check_limits
@@ -326,8 +325,9 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     run.model.train()
     run.criterion.train()
     log = MetricsLog(folder, enabled=main)
-    bar = tqdm(total=total, initial=run.step, disable=not (progress and main), file=sys.stderr, mininterval=2.0,
-               desc=f"{cfg.loss.method} s{cfg.train.seed}", dynamic_ncols=True)
+    label = "teacher" if (extra or {}).get("role") == "teacher" else f"{cfg.loss.method} s{cfg.train.seed}"
+    bar = tqdm(total=total, initial=run.step, disable=not (progress and main), desc=label, mininterval=2.0,
+               dynamic_ncols=True)
     if on_evaluate is not None and cfg.train.eval_every and run.step == 0:
         with torch.random.fork_rng(devices=[]):  # the curve's starting point, without changing the run
             log.write({"step": 0, "split": "val", **validate(run, on_evaluate, val)})

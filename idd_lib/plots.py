@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+SAVE_DPI = 150
+
 
 def save_figure(fig, stem: str | Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf``; returns both paths."""
@@ -18,7 +20,7 @@ def save_figure(fig, stem: str | Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight")
     return paths
 
 
@@ -153,20 +155,30 @@ def miou_bars(summary, teacher_miou: float | None = None):
         ax.axhline(teacher_miou, color="black", ls="--", label=f"teacher {teacher_miou:.1f}")
         ax.legend(loc="lower right")
     ax.set_ylabel("val mIoU (%)")
-    low = float(np.nanmin(summary["mean"] - summary["std"].fillna(0)))
-    ax.set_ylim(max(0.0, low - 5), None)
+    ax.set_ylim(0, None)  # bars from 0: a cut axis would magnify the gaps between methods
     fig.tight_layout()
     return fig
 
 
-def training_curves(histories: Mapping[str, Sequence[dict]], key: str = "loss/total"):
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for name, rows in histories.items():
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        if points:
-            ax.plot(*zip(*points), label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.legend(fontsize=8)
+def training_curves(histories: Mapping[str, Sequence[dict]], keys: Sequence[str] = ("loss/total",)):
+    """One panel per logged key (e.g. each loss term), one line per run, integer step ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    columns = min(len(keys), 3)
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, history in histories.items():
+            points = [(r["step"], r[key]) for r in history if key in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, label=name)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -148,12 +148,15 @@ def highlight_changes(table: pd.DataFrame, baseline: str = "baseline", top: int 
 
 
 def write_table(frame: pd.DataFrame, stem: str | Path, index: bool = False) -> str:
-    """CSV + Markdown next to each other; returns the Markdown."""
+    """CSV, Markdown and LaTeX (booktabs) next to each other; returns the Markdown."""
+    from .export import latex_table
+
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(stem.with_suffix(".csv"), index=index)
     markdown = frame.to_markdown(index=index, floatfmt=".2f")
     stem.with_suffix(".md").write_text(markdown + "\n")
+    stem.with_suffix(".tex").write_text(latex_table(frame, index))
     return markdown
 
 
@@ -331,6 +334,7 @@ def write_report(profile) -> Path:
     """Compose ``results/<profile>/REPORT.md`` from the runs, tables and figures on disk, one
     section function per part of the report (``profile``: a name or a configured
     :class:`~idd_lib.config.Profile`)."""
+    from .export import markdown_to_html
     from .paths import profile_dir
     from .presets import get_profile
     from .rundir import read_result
@@ -346,4 +350,5 @@ def write_report(profile) -> Path:
              *_benchmark_and_runs_section(folder, provenance_md, profile.data.dataset == "synthetic")]
     path = folder / "REPORT.md"
     path.write_text("\n".join(lines))
+    markdown_to_html(path)  # REPORT.html beside it, figures embedded
     return path

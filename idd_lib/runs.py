@@ -203,16 +203,10 @@ def collect_results(profile: Profile | str) -> list[dict[str, Any]]:
 def load_students(profile: Profile | str, methods: list[str], seed: int) -> dict[str, Segmentor]:
     """Trained students of the default-weight runs of ``methods`` for one seed."""
     profile = _profile(profile)
-    models = {}
-    missing = []
-    for method in methods:
-        cfg = student_config(profile, method, seed)
-        folder = run_dir(profile, cfg)
-        if (folder / RESULT).exists():
-            models[method] = load_model(folder, cfg)
-        else:
-            missing.append(method)
-    if missing:
-        raise FileNotFoundError(f"no finished run of {', '.join(missing)} for seed {seed} in "
-                                f"{profile_dir(profile.name) / 'runs'}; run 03_ablation (or 02_distill) first")
-    return models
+    configs = {method: student_config(profile, method, seed) for method in methods}
+    folders = {method: run_dir(profile, cfg) for method, cfg in configs.items()}
+    missing = [method for method, folder in folders.items() if not (folder / RESULT).exists()]
+    if missing:  # every missing run at once, so one 03_ablation call makes them all
+        raise FileNotFoundError(f"no finished run of {missing} for seed {seed} in {profile_dir(profile.name) / 'runs'}; "
+                                f"run 03_ablation with profile={profile.name!r} first")
+    return {method: load_model(folders[method], cfg) for method, cfg in configs.items()}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Profile, parse_assignments, parse_weights
+from .notebook import KERNEL_NAME, ensure_kernel
 from .paths import profile_dir, project_root
 from .presets import study_profile
 from .runs import join_options, override_tag, run_dir, student_config
@@ -48,6 +49,7 @@ def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = F
     """Execute ``notebooks/<name>.ipynb`` into ``output``; returns False when skipped as complete."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     if not force and is_complete(output, parameters):
         return False
@@ -57,9 +59,12 @@ def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = F
     if not source.is_file():
         available = sorted(p.stem for p in notebook_dir().glob("*.ipynb"))
         raise StudyError(f"notebook {name}: {source} does not exist; expected one of {available}")
+    ensure_kernel()
+    # CurveZMQ keys for the kernel (its kernelspec supports them): no plain-TCP warning from every run
+    encrypted = Config({"KernelManager": {"transport_encryption": "auto"}})
     try:
-        papermill.execute_notebook(str(source), str(running), parameters=parameters,
-                                   kernel_name="python3", cwd=str(project_root()), progress_bar=False)
+        papermill.execute_notebook(str(source), str(running), parameters=parameters, kernel_name=KERNEL_NAME,
+                                   cwd=str(project_root()), progress_bar=False, config=encrypted)
     except PapermillExecutionError as err:
         failed = output.with_name(output.stem + ".failed.ipynb")
         os.replace(running, failed)

@@ -20,7 +20,7 @@ def test_overrides_are_typed_and_validated():
     assert new.digest() != cfg.digest()
     with pytest.raises(ValueError, match="unknown option 'loss.idd.metrik'"):
         apply_overrides(cfg, {"loss.idd.metrik": "cosine"})
-    with pytest.raises(ValueError, match="train.iterations expects a int"):
+    with pytest.raises(ValueError, match="train.iterations expects an integer"):
         apply_overrides(cfg, {"train.iterations": "many"})
 
 
@@ -35,8 +35,9 @@ def test_notebook_parameter_check_rejects_unknown_names_and_wrong_types():
     namespace = {"__annotations__": {"seed": int, "method": str, "scale": float}, "seed": 1, "method": "idd",
                  "scale": 2, "nb": notebook, "_i1": "x"}
     assert notebook.parameters(dict(namespace)) == {"seed": 1, "method": "idd", "scale": 2.0}
-    with pytest.raises(notebook.ParameterError, match=r"unknown notebook parameter\(s\) \['sede'\]"):
-        notebook.parameters({**namespace, "sede": 3})
+    # names a notebook creates are not parameters (a second Run All); papermill's unknown -p names are
+    # caught in the kernel: tests/test_notebook_helpers.py
+    assert notebook.parameters({**namespace, "result": 3}) == {"seed": 1, "method": "idd", "scale": 2.0}
     with pytest.raises(notebook.ParameterError, match="parameter seed: expected int, got 'one'"):
         notebook.parameters({**namespace, "seed": "one"})
     assert config.parse_assignments(" a=1 , b.c = x ", "options") == {"a": "1", "b.c": "x"}

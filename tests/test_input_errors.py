@@ -200,7 +200,7 @@ def test_unknown_method_option_and_weights_fail_before_any_work(tiny_profile):
         runs.run_student(tiny_profile, "idd-pid", progress=False)
     with pytest.raises(ValueError, match=r"options: unknown option 'loss.idd.metrc'; IDDConfig has \["):
         runs.run_student(tiny_profile, "idd", options={"loss.idd.metrc": "cosine"}, progress=False)
-    with pytest.raises(ValueError, match=r"options: train.lr expects a float, got 'fast'"):
+    with pytest.raises(ValueError, match=r"options: train.lr expects a number, got 'fast'"):
         runs.run_student(tiny_profile, "idd", options={"train.lr": "fast"}, progress=False)
     with pytest.raises(ValueError, match=r"weights: unknown loss term 'idd2'"):
         runs.run_student(tiny_profile, "idd", weights={"idd2": 1.0}, progress=False)

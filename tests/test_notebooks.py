@@ -54,6 +54,26 @@ def test_quick_study_runs_every_notebook_and_writes_the_report(quick_study):
     assert sweep_runs == {"baseline", "pid", "idd+pid"}
 
 
+def _output_text(output) -> str:
+    return output.get("text", "") + "".join(str(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
+
+
+@pytest.mark.slow
+def test_executed_notebooks_show_each_figure_once_with_progress_and_no_noise(quick_study):
+    for name in study.STUDY_NOTEBOOKS:
+        book = nbformat.read(quick_study / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert book.metadata.kernelspec.name == "idd-study", name
+        for cell in (c for c in book.cells if c.cell_type == "code"):
+            images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+            assert len(images) == cell.source.count("nb.show("), (name, cell.source[:80])
+            text = "".join(map(_output_text, cell.outputs))
+            assert "PosixPath" not in text and "without encryption" not in text, (name, text[:300])
+    bars = {"03_ablation": "ablation grid", "07_position": "sweep"}
+    for name, label in bars.items():
+        book = nbformat.read(quick_study / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert any(label in _output_text(o) for c in book.cells for o in c.get("outputs", [])), name
+
+
 @pytest.mark.slow
 def test_second_study_run_skips_complete_notebooks(quick_study, capsys):
     study.run_study("quick", only=("01_teacher", "06_report"))

@@ -1,0 +1,32 @@
+"""LaTeX tables and the self-contained REPORT.html."""
+import base64
+import re
+
+import pandas as pd
+
+from idd_lib import export, report
+
+PNG_1PX = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5CYII=")
+
+
+def test_tables_are_also_written_as_booktabs_latex(tmp_path):
+    frame = pd.DataFrame({"method": ["idd+pid", "kd_2"], "mIoU": [51.234, float("nan")],
+                          "best": ["**60.1 (+2.0)**", "50.0"]})
+    report.write_table(frame, tmp_path / "t")
+    latex = (tmp_path / "t.tex").read_text()
+    assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
+    assert "kd\\_2" in latex and "51.23" in latex and "nan" not in latex.lower()
+    assert "\\textbf{60.1 (+2.0)}" in latex and "**" not in latex
+
+
+def test_report_html_is_one_file_with_rendered_tables_and_embedded_figures(tmp_path):
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "miou.png").write_bytes(PNG_1PX)
+    (tmp_path / "REPORT.md").write_text("# IDD study: profile `quick`\n\n| method | mIoU |\n|:--|--:|\n| idd | 50.00 |\n\n"
+                                        "![mIoU per method](figures/miou.png)\n\n_missing figure: tsne_\n")
+    page = export.markdown_to_html(tmp_path / "REPORT.md").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<title>IDD study: profile quick</title>" in page
+    assert re.search(r"<td[^>]*>idd</td>\s*<td[^>]*>50.00</td>", page)
+    (source,) = re.findall(r'<img src="([^"]+)"', page)
+    assert source == "data:image/png;base64," + base64.b64encode(PNG_1PX).decode()
+    assert "figures/" not in page.split("<body>")[1].split("<em>")[0]  # nothing left to fetch from disk
