@@ -13,7 +13,7 @@ import papermill
 import pytest
 import torch
 
-from idd_lib import runs
+from idd_lib import rundir, runs
 from idd_lib.data.datasets import EpochBatchSampler, eval_loader
 from idd_lib.losses import METHODS
 
@@ -81,7 +81,7 @@ def test_torchrun_two_gloo_processes_match_the_single_process_run(quick_study, t
         papermill.execute_notebook(str(ROOT / "notebooks" / "02_distill.ipynb"), str(tmp_path / f"{name}.ipynb"),
                                    parameters={"profile": "quick", "method": "idd", "options": options,
                                                "progress": False, "nproc": nproc}, cwd=str(ROOT))
-        results[name] = json.loads(next((root / "quick" / "runs").glob("*/result.json")).read_text())
+        results[name] = rundir.read_result(next((root / "quick" / "runs").glob("*/result.json")).parent)
     single, ddp = results["single"], results["ddp"]
     assert ddp["processes"] == 2 and ddp["replicas_in_sync"] is True and "processes" not in single
     prov = json.loads((Path(ddp["run_dir"]) / "provenance.json").read_text())
@@ -132,4 +132,4 @@ def _run_on_two_nodes(cache: Path, root: Path, arguments: list[str]) -> dict:
         for agent in agents:
             agent.kill()
     assert [agent.returncode for agent in agents] == [0, 0], [err[-2000:] for _, err in outputs]
-    return json.loads(next((root / "quick" / "runs").glob("*/result.json")).read_text())
+    return rundir.read_result(next((root / "quick" / "runs").glob("*/result.json")).parent)
