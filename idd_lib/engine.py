@@ -31,9 +31,9 @@ from .losses import DistillationCriterion
 from .inference import check_eval_config, predict
 from .models import Segmentor, build_segmentor
 from .provenance import provenance
-from .rundir import (CHECKPOINT, CONFIG, METRICS, MODEL, PROVENANCE, RESULT, atomic_save,  # noqa: F401 (load_state: tests)
-                     atomic_write_text, drop_rows_after, load_run_state, load_state, make_folder, now, MetricsLog, read_result, restore_rng, rng_state,
-                     update_provenance, write_result)
+from .rundir import (CHECKPOINT, CONFIG, METRICS, MODEL, PROVENANCE, RESULT, MetricsLog,  # noqa: F401
+                     atomic_save, atomic_write_text, drop_rows_after, load_run_state, load_state, make_folder, now,
+                     read_result, restore_rng, rng_state, update_provenance, write_result)
 
 
 
