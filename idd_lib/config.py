@@ -24,6 +24,7 @@ class SyntheticConfig:
 
     num_train: int = 240
     num_val: int = 60
+    num_tune: int = 60  # the held-out split that tuning looks at (val is never used to tune)
     height: int = 96
     width: int = 192
     position_prior: float = 1.0  # 0 = position uninformative, 1 = Cityscapes-like, 2 = stronger
@@ -33,8 +34,8 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_train < 0 or self.num_val < 0:
-            raise ValueError("num_train and num_val must be >= 0")
+        if min(self.num_train, self.num_val, self.num_tune) < 0:
+            raise ValueError("num_train, num_val and num_tune must be >= 0")
         if self.height < 16 or self.width < 16:
             raise ValueError("height and width must be >= 16")
         if not 0.0 <= self.position_prior <= 2.0:
@@ -202,6 +203,10 @@ class RunConfig:
         return config_digest(self)
 
 
+# The version of the embedded benchmark's generator (data.synthetic): part of every digest of a
+# synthetic config, so a changed generator never reuses data, teachers or runs of an earlier one.
+SYNTHETIC_VERSION = 2
+
 # Settings that cannot change what a run computes (how many images are evaluated at once, how many
 # loader processes): left out of the digest, so changing them reuses a trained teacher or run.
 RUNTIME_ONLY = {"data": ("eval_batch_size", "num_workers")}
@@ -209,6 +214,10 @@ RUNTIME_ONLY = {"data": ("eval_batch_size", "num_workers")}
 
 def config_digest(cfg: Any) -> str:
     fields = dataclasses.asdict(cfg)
+    if isinstance(cfg, SyntheticConfig):
+        fields["generator"] = SYNTHETIC_VERSION
+    elif isinstance(fields.get("data"), dict) and fields["data"].get("dataset") == "synthetic":
+        fields["data"]["synthetic"]["generator"] = SYNTHETIC_VERSION
     for group, names in RUNTIME_ONLY.items():
         if isinstance(fields.get(group), dict):
             # the generator's knobs mean nothing to a dataset folder: they select no other run either
@@ -271,7 +280,7 @@ LIMITS: dict[type, dict[str, tuple[Callable[[Any], bool], str]]] = {
     AdversarialConfig: {"d_weight": _at_least(0), "gp_weight": _at_least(0), "lr": _POSITIVE,
                         "betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
                         "conv_dim": _at_least(1)},
-    SyntheticConfig: {"num_train": _at_least(2), "num_val": _at_least(1)},
+    SyntheticConfig: {"num_train": _at_least(2), "num_val": _at_least(1), "num_tune": _at_least(0)},
 }
 
 

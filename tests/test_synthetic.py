@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from idd_lib import config
+from idd_lib.config import config_digest
 from idd_lib.data import synthetic
 from idd_lib.data.synthetic import (
     EGO_VEHICLE_ID,
@@ -24,6 +26,7 @@ from idd_lib.data.synthetic import (
     render_item,
     render_scene,
 )
+from idd_lib.presets import get_profile
 
 SMALL = SyntheticConfig(num_train=20, num_val=6, height=48, width=96, seed=3)
 TINY = SyntheticConfig(num_train=4, num_val=2, height=32, width=64, seed=1)
@@ -76,7 +79,7 @@ def test_items_pure_in_cfg_split_index() -> None:
 def test_generate_is_byte_identical(tmp_path: Path) -> None:
     r1, r2 = generate(tmp_path / "a", TINY), generate(tmp_path / "b", TINY)
     files = sorted(p.relative_to(r1) for p in r1.rglob("*.png"))
-    assert len(files) == 2 * (TINY.num_train + TINY.num_val)
+    assert len(files) == 2 * (TINY.num_train + TINY.num_val + TINY.num_tune)
     assert files == sorted(p.relative_to(r2) for p in r2.rglob("*.png"))
     assert all((r1 / f).read_bytes() == (r2 / f).read_bytes() for f in files)
     r3 = generate(tmp_path / "c", dataclasses.replace(TINY, seed=2))
@@ -99,7 +102,7 @@ def test_torchvision_cityscapes_reads_layout(small_root: Path) -> None:
 
 def test_label_values_and_class_presence(small_root: Path) -> None:
     labels = [np.asarray(Image.open(p)) for p in _label_files(small_root)]
-    assert len(labels) == SMALL.num_train + SMALL.num_val
+    assert len(labels) == SMALL.num_train + SMALL.num_val + SMALL.num_tune
     seen = set().union(*(np.unique(lab).tolist() for lab in labels))
     assert seen <= ALLOWED_IDS
     assert set(ID.values()) <= seen  # every class appears somewhere
@@ -189,3 +192,11 @@ def test_plot_samples(small_root: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_generator_change_selects_new_data_teachers_and_runs(monkeypatch) -> None:
+    run = get_profile("quick").run_config()
+    before = (config_digest(TINY), run.digest())
+    monkeypatch.setattr(config, "SYNTHETIC_VERSION", config.SYNTHETIC_VERSION + 1)
+    after = (config_digest(TINY), run.digest())
+    assert before[0] != after[0] and before[1] != after[1]

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PIL import Image
 
-from ..config import SyntheticConfig
+from ..config import SYNTHETIC_VERSION, SyntheticConfig
 from . import IGNORE_INDEX
 
 if TYPE_CHECKING:  # matplotlib is imported lazily: generation must not pay for it
@@ -87,7 +87,7 @@ __all__ = [
     "plot_samples",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = SYNTHETIC_VERSION
 
 
 # (name, Cityscapes labelId, Cityscapes palette colour), in trainId order.
@@ -112,7 +112,7 @@ for _train_id, (_name, _label_id, _colour) in enumerate(SYNTH_CLASSES):
     LABEL_ID_TO_TRAIN_ID[_label_id] = _train_id
 LABEL_ID_TO_TRAIN_ID.setflags(write=False)
 
-SPLIT_CITIES: dict[str, str] = {"train": "synthtown", "val": "synthville"}
+SPLIT_CITIES: dict[str, str] = {"train": "synthtown", "val": "synthville", "tune": "synthburg"}
 # Cityscapes annotates the 20th frame of each snippet; mimic it so names look familiar.
 _FRAME = 19
 
@@ -648,7 +648,7 @@ def generate(root: str | os.PathLike[str], cfg: SyntheticConfig) -> Path:
     (root / "synthetic.json").unlink(missing_ok=True)
     for sub in ("leftImg8bit", "gtFine"):
         shutil.rmtree(root / sub, ignore_errors=True)
-    for split, count in (("train", cfg.num_train), ("val", cfg.num_val)):
+    for split, count in (("train", cfg.num_train), ("val", cfg.num_val), ("tune", cfg.num_tune)):
         city = SPLIT_CITIES[split]
         img_dir = root / "leftImg8bit" / split / city
         gt_dir = root / "gtFine" / split / city
