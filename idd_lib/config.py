@@ -31,6 +31,7 @@ class SyntheticConfig:
     appearance_overlap: float = 0.6  # 0 = distinct class colours, 1 = confusable pairs identical
     lighting: float = 0.3  # amplitude of per-image illumination variation
     noise: float = 0.04  # per-pixel Gaussian noise std (image range [0, 1])
+    object_scale: float = 1.0  # size of persons, poles and signs relative to their real-world size
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -42,6 +43,8 @@ class SyntheticConfig:
             raise ValueError("position_prior must be in [0, 2]")
         if not 0.0 <= self.appearance_overlap <= 1.0:
             raise ValueError("appearance_overlap must be in [0, 1]")
+        if self.object_scale <= 0:
+            raise ValueError("object_scale must be > 0")
         if self.lighting < 0 or self.noise < 0:
             raise ValueError("lighting and noise must be >= 0")
 
@@ -218,6 +221,9 @@ def config_digest(cfg: Any) -> str:
         fields["generator"] = SYNTHETIC_VERSION
     elif isinstance(fields.get("data"), dict) and fields["data"].get("dataset") == "synthetic":
         fields["data"]["synthetic"]["generator"] = SYNTHETIC_VERSION
+    if isinstance(fields.get("loss"), dict) and fields["loss"]["method"] == "baseline":
+        # labels only: the terms' options change nothing a baseline or a teacher computes
+        fields["loss"] = {k: v for k, v in fields["loss"].items() if not isinstance(v, dict)}
     for group, names in RUNTIME_ONLY.items():
         if isinstance(fields.get(group), dict):
             # the generator's knobs mean nothing to a dataset folder: they select no other run either

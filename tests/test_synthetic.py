@@ -200,3 +200,13 @@ def test_a_generator_change_selects_new_data_teachers_and_runs(monkeypatch) -> N
     monkeypatch.setattr(config, "SYNTHETIC_VERSION", config.SYNTHETIC_VERSION + 1)
     after = (config_digest(TINY), run.digest())
     assert before[0] != after[0] and before[1] != after[1]
+
+
+def test_loss_term_options_do_not_fork_baselines_or_teachers() -> None:
+    profile = get_profile("quick")
+    baseline, idd = profile.run_config("baseline"), profile.run_config("idd")
+    cosine = {"loss.idd.metric": "cosine"}
+    assert config.apply_overrides(baseline, cosine).digest() == baseline.digest()
+    assert config.teacher_of(config.apply_overrides(idd, cosine)).digest() == profile.teacher_config().digest()
+    assert config.apply_overrides(idd, cosine).digest() != idd.digest()
+    assert config.apply_overrides(baseline, {"loss.aux_weight": "0.2"}).digest() != baseline.digest()

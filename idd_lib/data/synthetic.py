@@ -494,7 +494,7 @@ def _persons(rng: np.random.Generator, cfg: SyntheticConfig, geo: _Geometry, cv:
         outer_m = ks / geo.kr * geo.road_m
         lateral = side * (geo.road_m + rng.uniform(0.15, 0.85) * (outer_m - geo.road_m))
         xc = geo.vx + lateral * float(geo.ppm(foot))
-        height = max(1.75 * _size_ppm(rng, geo, foot, 0.15, 1.0), min_person)
+        height = max(1.75 * cfg.object_scale * _size_ppm(rng, geo, foot, 0.15, 1.0), min_person)
         stride = rng.uniform(-0.1, 0.25)
         clothes = _CLOTHES[rng.integers(len(_CLOTHES))]
         colour = _jitter(rng, clothes + cfg.appearance_overlap * (col[_PERSON] - clothes))
@@ -517,11 +517,11 @@ def _poles(rng: np.random.Generator, cfg: SyntheticConfig, geo: _Geometry, cv: _
         lateral = side * (geo.road_m + rng.uniform(0.1, 0.45) * (outer_m - geo.road_m))
         xc = geo.vx + lateral * float(geo.ppm(foot))
         ppm = _size_ppm(rng, geo, foot, 0.1, 1.0)
-        width = int(np.clip(round(0.2 * ppm), 1, 3))
+        width = int(np.clip(round(0.4 * cfg.object_scale * ppm), cfg.object_scale, 4 * cfg.object_scale))
         height = max(rng.uniform(4.5, 7.0) * ppm, h / 8)
         colour = _jitter(rng, col[_POLE], 0.7)
         has_sign = rng.random() < 0.65
-        sign_size = float(np.clip(rng.uniform(0.6, 1.0) * ppm, 3.0, h / 5))
+        sign_size = float(np.clip(rng.uniform(0.6, 1.0) * cfg.object_scale * ppm, 3.0, h / 5))
         shape = int(rng.integers(3))
         offset = -side * rng.uniform(0.0, 0.5)  # signs hang towards the road
         sign_colour = _jitter(rng, col[_SIGN], 0.7)
