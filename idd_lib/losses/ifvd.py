@@ -27,7 +27,8 @@ class IntraClassFeatureVariationLoss(nn.Module):
 
     Weight 200 (IFVD's ``lambda_ifv``; CIRKD's runs use 20). IFVD averages over *all* pixels,
     where unlabelled ones keep their own feature (cos = 1 for both, difference 0): the same sum,
-    divided by all pixels instead of the labelled ones - our value is theirs / (labelled fraction).
+    divided by all pixels instead of the labelled ones - our value is theirs / (labelled fraction)
+    (``tests/test_parity.py::test_ifv_is_ifvd_divided_by_the_labelled_share``).
     """
 
     def __init__(self, num_classes: int):
