@@ -16,7 +16,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from .. import distributed
 from ..config import AdversarialConfig, LossConfig
 from .common import check_choice, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 class SelfAttention(nn.Module):
@@ -90,6 +90,8 @@ class HolisticAdversarialLoss(nn.Module):
     SKD master uses the same 0.1 for the generator and SGD for D; CIRKD uses hinge, no GP.
     The D step is a constant-rate Adam, as in IFVD.
     """
+
+    search_space = SearchSpace()  # the weight only: no temperature
 
     uses_images = True
 

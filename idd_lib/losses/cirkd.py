@@ -12,7 +12,7 @@ from torch import nn
 from .. import distributed
 from ..config import CIRKDConfig, LossConfig
 from .common import IGNORE_INDEX, check_choice, class_centres, class_weights, resize_labels, softmax_kl, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 @register_term("cirkd-mb")
@@ -30,6 +30,8 @@ class CrossImagePixelLoss(nn.Module):
     scale (n = 64 x 64 at 512x512) pool, as CIRKD's 2-images-per-GPU runs did not need to.
     "Cross-image" spans the local batch only, as in CIRKD without its ``GatherLayer``.
     """
+
+    search_space = SearchSpace(option="loss.cirkd.temperature", values=(0.05, 0.1, 0.2))
 
     def __init__(self, cfg: CIRKDConfig):
         super().__init__()
@@ -87,6 +89,8 @@ class CrossImageMemoryLoss(nn.Module):
     any loss here. The queues are buffers, so checkpoint.pt carries them (K x 20 000 x C_t floats:
     0.8 GB for 19 classes and a 512-channel teacher) and a resumed run continues with them.
     """
+
+    search_space = SearchSpace(option="loss.cirkd.temperature", values=(0.05, 0.1, 0.2))
 
     def __init__(self, num_classes: int, student_channels: int, teacher_channels: int, cfg: CIRKDConfig):
         super().__init__()

@@ -5,7 +5,7 @@ from torch import nn
 
 from ..config import CWDConfig, LossConfig
 from .common import softmax_kl, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 @register_term("cwd", key="out")
@@ -31,6 +31,8 @@ class ChannelWiseDistillation(nn.Module):
     ``self.conv``: so CIRKD's weight 50 applies unchanged at any pair of widths (at C_T = 4 C_S the
     term is 4x a mean over channels; ``tests/test_parity.py::test_cwd_feat_matches_cirkd``).
     """
+
+    search_space = SearchSpace(option="loss.cwd.temperature", values=(2.0, 4.0, 8.0))
 
     def __init__(self, cfg: CWDConfig, key: str = "out", student_channels: int | None = None,
                  teacher_channels: int | None = None):

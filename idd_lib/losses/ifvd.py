@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import LossConfig
 from .common import class_centres, class_weights, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 @register_term("ifv")
@@ -30,6 +30,8 @@ class IntraClassFeatureVariationLoss(nn.Module):
     divided by all pixels instead of the labelled ones - our value is theirs / (labelled fraction)
     (``tests/test_parity.py::test_ifv_is_ifvd_divided_by_the_labelled_share``).
     """
+
+    search_space = SearchSpace()  # the weight only: no temperature
 
     def __init__(self, num_classes: int):
         super().__init__()

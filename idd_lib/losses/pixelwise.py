@@ -6,7 +6,7 @@ from torch import nn
 
 from ..config import KDConfig, LossConfig
 from .common import IGNORE_INDEX, resize_labels, softmax_kl, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 @register_term("ce")
@@ -49,6 +49,8 @@ class PixelwiseKD(nn.Module):
     masks them, so theirs = labelled share x ours + ignored share x the ignored pixels' mean KL
     (``test_parity.py::test_kd_masks_ignored_pixels_where_the_peers_distil_all``).
     """
+
+    search_space = SearchSpace(option="loss.kd.temperature", values=(0.5, 1.0, 2.0))
 
     def __init__(self, cfg: KDConfig):
         super().__init__()
