@@ -309,7 +309,7 @@ class SweepConfig:
     (its own data, hence its own cached teacher), sized to fit the study's time budget."""
     priors: tuple[float, ...] = (0.0, 1.0, 2.0)   # SyntheticConfig.position_prior values
     methods: tuple[str, ...] = ("baseline", "pid", "idd+pid")
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1, 2)            # >= 3 per cell: PID's gain per prior is a paired test
     num_train: int = 96
     num_val: int = 24
     height: int = 48
