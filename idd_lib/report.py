@@ -329,7 +329,10 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 def _comparison_markdown(table: pd.DataFrame) -> str:
     columns = [c for c in ("family", "method", "reference", "n", "effect", "ci_low", "ci_high", "p", "p_holm", "mdd",
                            "gap_closed") if c in table]
-    return table[columns].to_markdown(index=False, floatfmt=".3g") if len(table) else "_no comparisons yet_"
+    if not len(table):
+        return "_no comparisons yet_"
+    shown = table[columns].astype(object).where(table[columns].notna(), "")   # blank, not nan, below 2 seeds
+    return shown.to_markdown(index=False, floatfmt=".3g")
 
 
 def _verdict_section(folder: Path, runs: pd.DataFrame) -> list[str]:
