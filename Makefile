@@ -3,12 +3,17 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PROFILE ?= default
 OPTIONS ?=
+# make tune: methods (empty = every distillation method), settings per method, seeds of each trial and of the confirmation
+METHODS ?=
+TRIALS ?= 6
+TUNE_SEEDS ?= 0,1
+SEEDS ?= 0,1,2,3,4
 PY := $(VENV)/bin/python
 # exact versions of every package the reference results were produced with (make lock rewrites it)
 LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: study test lab kernel install lock clean-results
+.PHONY: study tune test lab kernel install lock clean-results
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +27,11 @@ install: $(STAMP)
 
 study: $(STAMP)
 	$(PY) -m idd_lib.study --profile $(PROFILE) --options "$(OPTIONS)"
+
+# equal tuning budget per method on the tune split, then best vs default setting on val (idd_lib/tuning.py)
+tune: $(STAMP)
+	$(PY) -m idd_lib.tuning --profile $(PROFILE) --options "$(OPTIONS)" $(if $(METHODS),--methods "$(METHODS)") \
+	  --trials $(TRIALS) --tune-seeds $(TUNE_SEEDS) --seeds $(SEEDS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -170,8 +170,9 @@ class CIRKDConfig:
     minibatch_pool: int = 1               # mini-batch avg-pool kernel; 1 = none (CIRKD default), 2 = CVPR option
     pixel_memory: int = 20000             # teacher pixel queue per class
     region_memory: int = 2000             # teacher region (class-mean) queue per class
-    pixel_contrast: int = 4096            # queue entries contrasted per step, over all classes
-    region_contrast: int = 1024
+    pixel_contrast: int = 4096            # pixel-queue entries contrasted per step: per class (CIRKD) or in total
+    region_contrast: int = 1024           # region-queue entries, likewise
+    contrast_sample: str = "per-class"    # per-class: CIRKD's K x pixel_contrast | total: about pixel_contrast (cheaper)
     pixels_per_class: int = 16            # pixels enqueued per class and image
     region_weight: float = 1.0            # pixel-to-region term relative to pixel-to-pixel
 
@@ -314,7 +315,7 @@ class SweepConfig:
     (its own data, hence its own cached teacher), sized to fit the study's time budget."""
     priors: tuple[float, ...] = (0.0, 1.0, 2.0)   # SyntheticConfig.position_prior values
     methods: tuple[str, ...] = ("baseline", "pid", "idd+pid")
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1, 2)            # >= 3 per cell: PID's gain per prior is a paired test
     num_train: int = 96
     num_val: int = 24
     height: int = 48

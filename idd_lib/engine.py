@@ -275,6 +275,19 @@ def validate(run: TrainingRun, on_evaluate: Callable[[nn.Module], dict[str, floa
     return metrics
 
 
+def evaluate_tune(run: TrainingRun) -> dict[str, Any]:
+    """The final model on the synthetic benchmark's held-out ``tune`` split (``tune_miou``,
+    ``tune_per_class_iou``): what tuning selects by, so that ``val`` stays unseen by any choice.
+    Empty for real data or ``data.synthetic.num_tune=0``."""
+    cfg = run.cfg
+    if cfg.data.dataset != "synthetic" or cfg.data.synthetic.num_tune == 0:
+        return {}
+    loader = eval_loader(build_dataset(cfg.data, "tune", train=False), pin_memory=run.cuda,
+                         rank=distributed.rank(), world=distributed.world_size())
+    metrics = evaluate(run.model, loader, run.spec.num_classes, run.device, run.amp, cfg.train.eval)
+    return {"tune_miou": metrics["miou"], "tune_per_class_iou": metrics["per_class_iou"]}
+
+
 def finish(run: TrainingRun, metrics: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
     """The final checkpoint, model.pt, provenance and result.json (rank 0); the result on every rank."""
     cfg, world = run.cfg, distributed.world_size()
@@ -358,4 +371,8 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
         require_finite_weights(run.model, run.step, run.checkpoint)
         metrics = validate(run, on_evaluate, val)
         log.write({"step": run.step, "split": "val", **metrics})
-    return finish(run, metrics, extra)
+        tune = evaluate_tune(run)
+        if tune:
+            log.write({"step": run.step, "split": "tune", "miou": tune["tune_miou"],
+                       "per_class_iou": tune["tune_per_class_iou"]})
+    return finish(run, {**metrics, **tune}, extra)

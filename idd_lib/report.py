@@ -230,7 +230,8 @@ def _students_section(folder: Path) -> list[str]:
         "mean ± std over seeds; `ci95` = half-width of the 95% t-interval; paired t-tests on the same seeds "
         "against the baseline (`delta_vs_baseline`, `p_vs_baseline`) and against the best other method by "
         "mean mIoU (`best_other`, `delta_vs_best_other`, `p_vs_best_other`; for the best method, the "
-        "runner-up). With 3 seeds a paired test has 2 degrees of freedom: read p-values as a rough guide.",
+        "runner-up). These p-values are uncorrected; the Holm-corrected ones, the confidence intervals of the "
+        "differences and the smallest detectable difference are under Comparisons.",
         "",
         _md_table(folder / "tables" / "methods.md"),
         "",
@@ -308,6 +309,123 @@ def _sweep_lines(folder: Path, sweep) -> list[str]:
     ]
 
 
+def default_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The default-setting runs of the profile's own teacher (no tag, no other teacher), with the
+    columns the comparisons and the verdict read: method, label, seed, miou, tune_miou, pearson."""
+    keep = frame["tag"].fillna("") == "" if "tag" in frame else pd.Series(True, index=frame.index)
+    if "other_teacher" in frame:
+        keep &= ~frame["other_teacher"].fillna(False).astype(bool)
+    runs = frame[keep].copy()
+    runs["pearson"] = runs["agreement/pearson"] if "agreement/pearson" in runs else float("nan")
+    if "tune_miou" not in runs:
+        runs["tune_miou"] = float("nan")
+    return runs[["method", "label", "seed", "miou", "tune_miou", "pearson"]]
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _comparison_markdown(table: pd.DataFrame) -> str:
+    columns = [c for c in ("family", "method", "reference", "n", "effect", "ci_low", "ci_high", "p", "p_holm", "mdd",
+                           "gap_closed") if c in table]
+    if not len(table):
+        return "_no comparisons yet_"
+    shown = table[columns].astype(object).where(table[columns].notna(), "")   # blank, not nan, below 2 seeds
+    return shown.to_markdown(index=False, floatfmt=".3g")
+
+
+def _verdict_section(folder: Path, runs: pd.DataFrame) -> list[str]:
+    from .verdict import RULE, verdict_markdown, verdict_table
+
+    tables, tuning = folder / "tables", _read_csv(folder / "tuning" / "confirmation.csv")
+    tuned = tuning[tuning["setting"] == "tuned"] if tuning is not None else None
+    table = verdict_table(runs, _read_csv(tables / "position_probe_seeds.csv"),
+                          _read_csv(tables / "position_sweep_seeds.csv"), tuned)
+    write_table(table, tables / "verdict")
+    return [
+        "## Verdict",
+        "",
+        "One row per claim, under the default settings of every method and under each method's setting tuned on "
+        "the held-out `tune` split (equal budget, `make tune`): seed-paired difference (effect), its 95% t-interval, "
+        f"Holm-corrected p, n seeds, and the smallest difference the design detects. Reading rule: {RULE}",
+        "",
+        verdict_markdown(table),
+        "",
+    ]
+
+
+def _comparisons_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) -> list[str]:
+    from .comparisons import comparison_table
+
+    table = comparison_table(runs.assign(label=runs["method"]), teacher=teacher_miou)
+    write_table(table, folder / "tables" / "comparisons")
+    return [
+        "## Comparisons: paired differences, Holm-corrected",
+        "",
+        "Val mIoU, default settings. Family `vs baseline`: every method against the baseline (`gap_closed`: share "
+        "of the teacher-baseline gap its mean closes); family `idd vs others`: IDD against every other method. "
+        "`p_holm`: Holm's correction within a family; `mdd`: the smallest paired difference a two-sided test at "
+        "alpha 0.05 detects with power 0.8 at this n and spread.",
+        "",
+        _comparison_markdown(table),
+        "",
+    ]
+
+
+def tuned_method_table(confirmation: pd.DataFrame, runs: pd.DataFrame, teacher_miou: float) -> pd.DataFrame:
+    """Per method: val mIoU mean ± std of its default and its tuned setting over the confirmation
+    seeds, the tuned setting's tag, tuned - default, and each setting's Holm-corrected paired test
+    against the baseline with the share of the teacher-baseline gap closed."""
+    from .comparisons import comparison_table
+
+    base = runs[runs["method"] == "baseline"].assign(label="baseline")
+    columns = {}
+    for setting in ("default", "tuned"):
+        part = confirmation[confirmation["setting"] == setting].assign(label=lambda f: f["method"])
+        table = comparison_table(pd.concat([base, part[base.columns.intersection(part.columns)]]), teacher=teacher_miou)
+        columns[setting] = table[table["family"] == "vs baseline"].set_index("method")
+    rows = []
+    for method, group in confirmation.groupby("method", sort=False):
+        row = {"method": method, "tuned setting": next(iter(group.loc[group["setting"] == "tuned", "tag"].fillna("")),
+                                                       "") or "(default)"}
+        for setting in ("default", "tuned"):
+            values = group[group["setting"] == setting]["miou"]
+            row[f"{setting} mIoU"] = f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n {len(values)})"
+            stat = columns[setting].loc[method] if method in columns[setting].index else None
+            row[f"{setting} Δ vs baseline (p Holm)"] = "" if stat is None else f"{stat['effect']:+.2f} ({stat['p_holm']:.3f})"
+            row[f"{setting} gap closed"] = "" if stat is None else f"{stat.get('gap_closed', float('nan')):.0%}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) -> list[str]:
+    import json
+
+    tuning = folder / "tuning"
+    confirmation = _read_csv(tuning / "confirmation.csv")
+    if confirmation is None:
+        return ["## Tuned settings", "", "_no tuning results: `make tune PROFILE=<profile>` (idd_lib/tuning.py) "
+                "tunes every method with an equal budget on the `tune` split_", ""]
+    record = json.loads((tuning / "tuning.json").read_text())
+    markdown = write_table(tuned_method_table(confirmation, runs, teacher_miou), folder / "tables" / "tuned_methods")
+    return [
+        "## Tuned settings",
+        "",
+        f"Every method tuned with the same budget: {record['trials']} settings (its default included) x seeds "
+        f"{', '.join(map(str, record['tune_seeds']))} on the held-out `tune` split, selected by mean tune mIoU; the "
+        f"selected and the default setting then ran with seeds {', '.join(map(str, record['seeds']))}, reported on "
+        f"`val`. Command `{record['command']}`, commit `{record['commit'][:10]}`, "
+        f"{record['tuning_runs'] + record['confirmation_runs']} runs, {record['wall_time_s'] / 3600:.1f} h.",
+        "",
+        markdown,
+        "",
+        "![Tuning: tune mIoU of every trial, val mIoU default vs tuned](tuning/figures/tuning.png)"
+        if (tuning / "figures" / "tuning.png").exists() else "_missing figure: tuning/figures/tuning.png_",
+        "",
+    ]
+
+
 def _benchmark_and_runs_section(folder: Path, provenance_md: str, synthetic: bool) -> list[str]:
     benchmark = [
         "## The benchmark",
@@ -345,8 +463,12 @@ def write_report(profile) -> Path:
     teacher_result = read_result(teacher_dir(profile))
     frame = results_frame(current_results(profile))
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
+    runs = default_runs(frame)
     lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"]),
-             *_students_section(folder), *_distances_section(folder), *_position_section(folder, profile),
+             *_verdict_section(folder, runs), *_students_section(folder),
+             *_comparisons_section(folder, runs, teacher_result["miou"]),
+             *_tuning_section(folder, runs, teacher_result["miou"]), *_distances_section(folder),
+             *_position_section(folder, profile),
              *_benchmark_and_runs_section(folder, provenance_md, profile.data.dataset == "synthetic")]
     path = folder / "REPORT.md"
     path.write_text("\n".join(lines))

@@ -109,6 +109,19 @@ def run_distill_notebook(profile: Profile, run: dict[str, Any], progress: bool =
     return output
 
 
+def execute_grid(profile: Profile, grid: list[dict[str, Any]], progress: bool = False) -> list[Path]:
+    """Run every entry of a grid (``ablation_grid``'s form: method, seed, weights, options, tag),
+    each through 02_distill into its own run folder; finished runs are skipped. The one place
+    that executes a list of runs (tuning's too), so that it can be pointed at another executor."""
+    outputs = []
+    for index, run in enumerate(grid, 1):
+        t0 = time.time()
+        outputs.append(run_distill_notebook(profile, run, progress))
+        label = run["method"] + (f" [{run['tag']}]" if run["tag"] else "")
+        print(f"[grid] {index}/{len(grid)} {label} seed {run['seed']}: {time.time() - t0:.0f} s", flush=True)
+    return outputs
+
+
 def notebook_parameters(profile: Profile, name: str, options: str) -> dict[str, Any] | None:
     """What the study passes to notebook ``name``; None: the notebook does not apply to the profile's
     data (the synthetic benchmark's samples and position-prior sweep need the synthetic dataset)."""

@@ -36,7 +36,8 @@ def tiny_profile() -> Profile:
     """Seconds-sized profile for unit tests of the training loop."""
     return Profile(
         name="tiny", description="unit-test size",
-        data=DataConfig(synthetic=SyntheticConfig(num_train=16, num_val=4, height=32, width=64), batch_size=4),
+        data=DataConfig(synthetic=SyntheticConfig(num_train=16, num_val=4, num_tune=4, height=32, width=64),
+                        batch_size=4),
         teacher=ModelConfig(layers=(1, 1, 1, 1), width=0.25, head_channels=32),
         student=ModelConfig(layers=(1, 1, 1, 1), width=0.125, head_channels=16),
         teacher_train=TrainConfig(iterations=4, lr=0.02, log_every=2),

@@ -63,3 +63,18 @@ def test_unknown_dataset_and_missing_root_are_clear_errors():
         datasets.dataset_spec(DataConfig(dataset="kitti"))
     with pytest.raises(ValueError, match="data.root"):
         datasets.dataset_root(DataConfig(dataset="cityscapes"))
+
+
+def test_tune_split_is_listed_disjoint_from_val_and_train(tmp_path):
+    """torchvision's Cityscapes refuses split 'tune': the dataset lists it itself, same layout."""
+    from idd_lib.config import DataConfig
+    from idd_lib.data.datasets import build_dataset
+    from idd_lib.data.synthetic import SPLIT_CITIES, SyntheticConfig
+    data = DataConfig(synthetic=SyntheticConfig(num_train=4, num_val=3, num_tune=5, height=32, width=64))
+    tune, val = build_dataset(data, "tune", train=False), build_dataset(data, "val", train=False)
+    assert len(tune) == 5 and len(val) == 3
+    assert all(f"/{SPLIT_CITIES['tune']}/" in path for path in tune.base.images)
+    image, mask = tune[0]
+    assert image.shape[-2:] == mask.shape[-2:] == (32, 64)
+    stems = lambda ds: {p.rsplit("/", 1)[-1] for p in ds.base.images}  # noqa: E731
+    assert not stems(tune) & stems(val) and not stems(tune) & stems(build_dataset(data, "train", train=False))

@@ -116,3 +116,20 @@ def test_compiled_training_saves_a_plain_model_close_to_eager(tiny_profile, one_
     losses = [[r["loss/total"] for r in runs.read_metrics(run["run_dir"]) if "loss/total" in r]
               for run in (eager, compiled)]
     assert losses[1] == pytest.approx(losses[0], rel=0.02)  # fused kernels round differently, same run
+
+
+def test_student_runs_record_the_held_out_tune_split(tiny_profile):
+    """Every synthetic run evaluates its final model on ``tune`` too (tuning's split); val stays the report's."""
+    result = runs.run_student(tiny_profile, "kd", seed=0, progress=False)
+    assert 0 <= result["tune_miou"] <= 100 and len(result["tune_per_class_iou"]) == len(result["per_class_iou"])
+    rows = {r["split"]: r for r in runs.read_metrics(result["run_dir"]) if "split" in r}
+    assert rows["tune"]["miou"] == result["tune_miou"] and rows["val"]["miou"] == result["miou"]
+    assert result["tune_per_class_iou"] != result["per_class_iou"]   # another set of images
+
+
+def test_no_tune_split_no_tune_numbers(tiny_profile):
+    import dataclasses
+    synthetic = dataclasses.replace(tiny_profile.data.synthetic, num_tune=0)
+    profile = dataclasses.replace(tiny_profile, data=dataclasses.replace(tiny_profile.data, synthetic=synthetic))
+    result = runs.run_student(profile, "baseline", seed=0, progress=False)
+    assert "tune_miou" not in result and "miou" in result

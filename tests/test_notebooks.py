@@ -50,8 +50,11 @@ def test_quick_study_runs_every_notebook_and_writes_the_report(quick_study):
     assert "val mIoU" in report and "figures/tsne.png" in report
     for stem in ("agreement_curves", "position_probe", "position_sweep"):
         assert f"figures/{stem}.png" in report and f"figures/{stem}.pdf" in report
-    sweep_runs = {p.parent.name.split("-s0-")[0] for p in quick_study.glob("sweep/prior*/runs/*/result.json")}
-    assert sweep_runs == {"baseline", "pid", "idd+pid"}
+    sweep_runs = [p.parent.name.rsplit("-", 2) for p in quick_study.glob("sweep/prior*/runs/*/result.json")]
+    assert {name for name, _, _ in sweep_runs} == {"baseline", "pid", "idd+pid"}
+    assert {seed for _, seed, _ in sweep_runs} == {"s0", "s1", "s2"}       # >= 3 seeds per cell
+    assert "## Verdict" in report and "## Comparisons" in report
+    assert (quick_study / "tables" / "position_sweep_seeds.csv").is_file()
 
 
 def _output_text(output) -> str:

@@ -132,3 +132,43 @@ def test_report_embeds_every_figure_and_table(tiny_profile, monkeypatch, tmp_pat
     page = (folder / "tiny" / "REPORT.html").read_text()  # self-contained: every figure embedded
     assert page.count("data:image/png;base64,") == len(figures) and 'src="figures/' not in page
     assert (folder / "tiny" / "tables" / "methods.tex").is_file()
+
+
+def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch, tmp_path):
+    """Five seeds of four methods, a tuning folder and 07's per-seed tables: every new section is filled."""
+    monkeypatch.setitem(presets.PROFILES, "tiny", tiny_profile)
+    folder = tmp_path / "results"
+    monkeypatch.setenv("IDD_RESULTS", str(folder))
+    teacher = runs.teacher_dir(tiny_profile)
+    teacher.mkdir(parents=True)
+    (teacher / "result.json").write_text(json.dumps({"miou": 60.0}))
+    rows = synthetic_rows()
+    for row in rows:
+        digest = runs.student_config(tiny_profile, row["method"], row["seed"]).digest()
+        run = folder / "tiny" / "runs" / f"{row['method']}-s{row['seed']}"
+        _fake_run(run, row["method"], row["seed"], row["miou"], digest)
+        result = json.loads((run / "result.json").read_text())
+        result.update({"tune_miou": row["miou"] - 1, "agreement/pearson": 0.9 + 0.01 * (row["method"] == "idd")
+                       + 0.001 * row["seed"] * (row["method"] == "kd")})
+        (run / "result.json").write_text(json.dumps(result))
+    tuning = folder / "tiny" / "tuning"
+    tuning.mkdir(parents=True)
+    confirmation = pd.DataFrame([{"method": r["method"], "setting": setting, "tag": "" if setting == "default" else "w=2",
+                                  "seed": r["seed"], "miou": r["miou"] + (1.0 if setting == "tuned" else 0),
+                                  "tune_miou": r["miou"], "pearson": 0.9}
+                                 for r in rows if r["method"] != "baseline" for setting in ("default", "tuned")])
+    confirmation.to_csv(tuning / "confirmation.csv", index=False)
+    (tuning / "tuning.json").write_text(json.dumps({"trials": 6, "tune_seeds": [0, 1], "seeds": [0, 1, 2, 3, 4],
+                                                    "command": "python -m idd_lib.tuning --profile tiny",
+                                                    "commit": "abcdef1234567", "tuning_runs": 36,
+                                                    "confirmation_runs": 30, "wall_time_s": 7200}))
+    text = report.write_report("tiny").read_text()
+    verdict = pd.read_csv(folder / "tiny" / "tables" / "verdict.csv").set_index(["setting", "claim"])
+    assert verdict.loc[("default", "a"), "reading"] == "supported"              # idd 2 points above kd on 5 seeds
+    assert verdict.loc[("default", "c"), "reading"] == "missing"                # 07 has not written its tables
+    assert verdict.loc[("tuned", "a"), "n"] == 5
+    assert "## Verdict" in text and "## Comparisons" in text and "python -m idd_lib.tuning --profile tiny" in text
+    comparisons = pd.read_csv(folder / "tiny" / "tables" / "comparisons.csv")
+    assert set(comparisons["family"]) == {"vs baseline", "idd vs others"} and comparisons["n"].eq(5).all()
+    tuned = pd.read_csv(folder / "tiny" / "tables" / "tuned_methods.csv").set_index("method")
+    assert tuned.loc["idd", "tuned setting"] == "w=2" and "(n 5)" in tuned.loc["idd", "tuned mIoU"]

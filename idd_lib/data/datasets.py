@@ -26,6 +26,8 @@ from . import IGNORE_INDEX, layouts, validation
 from .synthetic import EGO_VEHICLE_ID, SYNTH_CLASSES, UNLABELED_ID, ensure_generated
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+# the splits torchvision's Cityscapes loader accepts (mode fine); others are listed by validation.cityscapes_pairs
+TORCHVISION_CITYSCAPES_SPLITS = ("train", "val", "test")
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -131,7 +133,11 @@ class SegmentationDataset(Dataset):
         self.root, self.split, self.spec, self.transform, self.seed = Path(root), split, spec, transform, seed
         # how the dataset is read for evaluation and analysis (data.eval_batch_size, data.num_workers)
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
-        if spec.name in ("synthetic", "cityscapes"):
+        if spec.name in ("synthetic", "cityscapes") and split not in TORCHVISION_CITYSCAPES_SPLITS:
+            # the held-out tune split: same layout, a split name torchvision's loader refuses
+            pairs = validation.cityscapes_pairs(root, split)
+            self.base = layouts.PairList([str(i) for i, _ in pairs], [[str(t)] for _, t in pairs])
+        elif spec.name in ("synthetic", "cityscapes"):
             validation.check_cityscapes_split(root, split)  # names the missing folder/file, unlike torchvision
             self.base = datasets.Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
         else:  # VOC, ADE20K, generic folder: same (images, targets) listing shape (data.layouts)

@@ -54,6 +54,15 @@ def check_cityscapes_split(root: str | Path, split: str, images: str = "leftImg8
                            label_suffix: str = "_gtFine_labelIds.png") -> int:
     """Check the Cityscapes layout of ``split`` under ``root`` from file names only; returns the
     number of image/label pairs. Raises :class:`DatasetError` naming the first offending path."""
+    return len(cityscapes_pairs(root, split, images, labels, image_suffix, label_suffix))
+
+
+def cityscapes_pairs(root: str | Path, split: str, images: str = "leftImg8bit", labels: str = "gtFine",
+                     image_suffix: str = "_leftImg8bit.png",
+                     label_suffix: str = "_gtFine_labelIds.png") -> list[tuple[Path, Path]]:
+    """The checked ``(image, label)`` files of a Cityscapes-layout ``split``, in (city, stem) order.
+    Any split name (the synthetic benchmark's ``tune``, which torchvision's loader refuses) is
+    listed; a missing or inconsistent folder raises :class:`DatasetError` naming the first path."""
     root = Path(root)
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
@@ -78,7 +87,7 @@ def check_cityscapes_split(root: str | Path, split: str, images: str = "leftImg8
         city, stem = orphans[0]
         raise DatasetError(f"{label_files[city, stem]}: label without an image; expected "
                            f"{image_dir / city / (stem + image_suffix)} ({len(orphans)} label(s) lack an image)")
-    return len(image_files)
+    return [(image_files[key], label_files[key]) for key in sorted(image_files)]
 
 
 def legal_label_values(spec: DatasetSpec) -> np.ndarray | None:

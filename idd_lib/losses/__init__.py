@@ -32,13 +32,13 @@ from .idd import InterClassDistanceLoss, interclass_distance_matrix
 from .ifvd import IntraClassFeatureVariationLoss
 from .pid import PositionDistillation, position_readout, position_targets
 from .pixelwise import PixelwiseKD, SegmentationCE
-from .registry import (METHODS, TEACHER_FREE_TERMS, TERM_BUILDERS, DistillationCriterion, Method, TermDims,
-                       get_method, method_weights, register_term)
+from .registry import (METHODS, TEACHER_FREE_TERMS, TERM_BUILDERS, TERM_SEARCH, DistillationCriterion, Method,
+                       SearchSpace, TermDims, get_method, method_weights, register_term)
 from .skd import PairwiseAffinityLoss
 
 __all__ = [
-    "METHODS", "TEACHER_FREE_TERMS", "TERM_BUILDERS", "DistillationCriterion", "Method", "TermDims", "get_method",
-    "method_weights", "register_term",
+    "METHODS", "TEACHER_FREE_TERMS", "TERM_BUILDERS", "TERM_SEARCH", "DistillationCriterion", "Method",
+    "SearchSpace", "TermDims", "get_method", "method_weights", "register_term",
     "Discriminator", "HolisticAdversarialLoss", "CrossImageMemoryLoss", "CrossImagePixelLoss",
     "IGNORE_INDEX", "check_choice", "class_centres", "class_weights", "pairwise_distances", "resize_labels",
     "softmax_kl", "to_size", "ChannelWiseDistillation", "InterClassDistanceLoss", "interclass_distance_matrix",

@@ -16,7 +16,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from .. import distributed
 from ..config import AdversarialConfig, LossConfig
 from .common import check_choice, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 class SelfAttention(nn.Module):
@@ -83,11 +83,15 @@ class HolisticAdversarialLoss(nn.Module):
     D sees the logits at their own (1/8) resolution, the student's resized to the teacher's; with
     ``input=image+logits`` the image, area-downsampled to that size, is concatenated.
 
-    Defaults (IFVD ``run_train_val.sh`` / TorchDistiller, docs/baselines.md): generator weight
-    0.001, :math:`\lambda_d = 0.1`, :math:`\lambda_{gp} = 10`, Adam(4e-4, betas (0.9, 0.99)).
+    Defaults (IFVD ``options.py``: ``--lambda-adv`` 0.001, ``--lambda-d`` 0.1, ``--lambda-gp`` 10,
+    ``--lr-d`` 4e-4, with ``networks/kd_model.py``'s Adam betas (0.9, 0.99); the same in
+    TorchDistiller, docs/baselines.md). Parity of both losses with IFVD's on one critic:
+    ``tests/test_parity.py::test_adversarial_generator_and_critic_losses_match_ifvd``.
     SKD master uses the same 0.1 for the generator and SGD for D; CIRKD uses hinge, no GP.
     The D step is a constant-rate Adam, as in IFVD.
     """
+
+    search_space = SearchSpace()  # the weight only: no temperature
 
     uses_images = True
 

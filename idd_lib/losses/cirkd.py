@@ -11,8 +11,8 @@ from torch import nn
 
 from .. import distributed
 from ..config import CIRKDConfig, LossConfig
-from .common import IGNORE_INDEX, class_centres, class_weights, resize_labels, softmax_kl, to_size
-from .registry import TermDims, register_term
+from .common import IGNORE_INDEX, check_choice, class_centres, class_weights, resize_labels, softmax_kl, to_size
+from .registry import SearchSpace, TermDims, register_term
 
 
 @register_term("cirkd-mb")
@@ -30,6 +30,8 @@ class CrossImagePixelLoss(nn.Module):
     scale (n = 64 x 64 at 512x512) pool, as CIRKD's 2-images-per-GPU runs did not need to.
     "Cross-image" spans the local batch only, as in CIRKD without its ``GatherLayer``.
     """
+
+    search_space = SearchSpace(option="loss.cirkd.temperature", values=(0.05, 0.1, 0.2))
 
     def __init__(self, cfg: CIRKDConfig):
         super().__init__()
@@ -67,7 +69,10 @@ class CrossImageMemoryLoss(nn.Module):
     region per class and image), then for every labelled pixel p (anchor) the student embedding
     :math:`s_p = \mathrm{normalize}(g(F^S)_p)` (projection g = 1x1 conv - BN - ReLU - 1x1 conv to
     the teacher's width) and the teacher's :math:`t_p` are compared with a random sample X of the
-    queue (``pixel_contrast // K + 1`` entries per class):
+    queues: the same ``pixel_contrast`` (4 096) random slots of every class's pixel queue and
+    ``region_contrast`` (1 024) of every region queue, i.e. K x 4 096 and K x 1 024 entries, as
+    CIRKD's ``_sample_negative`` (``contrast_sample=per-class``; ``total`` takes
+    ``pixel_contrast // K + 1`` per class, about 4 096 in all: cheaper, a different loss value):
 
     .. math:: L = \frac{T^2}{|V|}\sum_{p\in V}\mathrm{KL}\big(\sigma(t_p X^\top/\tau T)\,\Vert\,
               \sigma(s_p X^\top/\tau T)\big)
@@ -75,18 +80,24 @@ class CrossImageMemoryLoss(nn.Module):
     with tau = 0.1, T = 1; the term is :math:`L_{pixel} + \text{region\_weight}\cdot L_{region}`.
     CIRKD's weights are 0.1 each on Cityscapes (``--lambda-memory-pixel/region``) and 0.01 on VOC.
 
-    Differences from CIRKD: enqueueing is vectorised (one sort of the labels, no loop over images
-    and classes) and the queues are plain ring buffers (CIRKD writes a batch that would wrap at the
-    queue's end instead). The boolean indexing of the enqueue is the only host synchronisation of
+    Differences from CIRKD, each measured in ``tests/test_parity.py``: the pixel enqueue takes the
+    class's own pixels, where CIRKD indexes ``this_feat[:, perm[:K]]`` - the image's first
+    ``num_pixel`` positions, mostly other classes' pixels
+    (``test_cirkd_pixel_enqueue_difference``); enqueueing is vectorised (one sort of the labels, no
+    loop over images and classes) and the queues are plain ring buffers (CIRKD writes a batch that
+    would wrap at the queue's end into its last slots instead). The boolean indexing of the enqueue is the only host synchronisation of
     any loss here. The queues are buffers, so checkpoint.pt carries them (K x 20 000 x C_t floats:
     0.8 GB for 19 classes and a 512-channel teacher) and a resumed run continues with them.
     """
+
+    search_space = SearchSpace(option="loss.cirkd.temperature", values=(0.05, 0.1, 0.2))
 
     def __init__(self, num_classes: int, student_channels: int, teacher_channels: int, cfg: CIRKDConfig):
         super().__init__()
         for name in ("pixel_memory", "region_memory", "pixel_contrast", "region_contrast", "pixels_per_class"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"options: cirkd.{name} must be >= 1, got {getattr(cfg, name)}")
+        check_choice(cfg.contrast_sample, ("per-class", "total"), "cirkd.contrast_sample")
         self.cfg, self.num_classes = cfg, num_classes
         self.project = nn.Sequential(nn.Conv2d(student_channels, teacher_channels, 1, bias=False),
                                      nn.BatchNorm2d(teacher_channels), nn.ReLU(inplace=True),
@@ -145,8 +156,11 @@ class CrossImageMemoryLoss(nn.Module):
         self._write(self.pixel_queue, self.pixel_ptr, sorted_labels[chosen], (offset + rank_in_class)[chosen],
                     pixels[chosen])
 
-    def _sample(self, queue: torch.Tensor, total: int) -> torch.Tensor:
-        per_class = min(total // self.num_classes + 1, queue.shape[1])
+    def _sample(self, queue: torch.Tensor, size: int) -> torch.Tensor:
+        """The same random ``size`` slots of every class's queue (CIRKD), or ``size // K + 1``
+        slots each with ``contrast_sample=total``."""
+        per_class = size if self.cfg.contrast_sample == "per-class" else size // self.num_classes + 1
+        per_class = min(per_class, queue.shape[1])
         index = torch.randperm(queue.shape[1], device=queue.device)[:per_class]
         return queue[:, index].flatten(0, 1)                                            # (K * per_class) x C
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import IDDConfig, LossConfig
 from .common import check_choice, class_centres, class_weights, pairwise_distances, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 def interclass_distance_matrix(features, weights, cfg: IDDConfig):
@@ -51,6 +51,8 @@ class InterClassDistanceLoss(nn.Module):
     needed. Options (``IDDConfig``): label sampling, per-image/per-batch centres, metric,
     normalisation, penalty - the study's ablations.
     """
+
+    search_space = SearchSpace()  # the weight only: no temperature
 
     def __init__(self, num_classes: int, cfg: IDDConfig):
         super().__init__()

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import LossConfig
 from .common import class_centres, class_weights, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 @register_term("ifv")
@@ -27,8 +27,11 @@ class IntraClassFeatureVariationLoss(nn.Module):
 
     Weight 200 (IFVD's ``lambda_ifv``; CIRKD's runs use 20). IFVD averages over *all* pixels,
     where unlabelled ones keep their own feature (cos = 1 for both, difference 0): the same sum,
-    divided by all pixels instead of the labelled ones - our value is theirs / (labelled fraction).
+    divided by all pixels instead of the labelled ones - our value is theirs / (labelled fraction)
+    (``tests/test_parity.py::test_ifv_is_ifvd_divided_by_the_labelled_share``).
     """
+
+    search_space = SearchSpace()  # the weight only: no temperature
 
     def __init__(self, num_classes: int):
         super().__init__()

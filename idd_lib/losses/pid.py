@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import LossConfig, PIDConfig
 from .common import check_choice, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 def position_targets(names: tuple[str, ...], size: tuple[int, int], device=None) -> torch.Tensor:
@@ -57,6 +57,8 @@ class PositionDistillation(nn.Module):
     pixel means. Student features are resized to the teacher's size. Each read-out is
     :func:`position_readout` with ``pid.hidden`` channels (0: one linear 3x3 conv).
     """
+
+    search_space = SearchSpace()  # the weight only: no temperature
 
     def __init__(self, student_channels: int, teacher_channels: int, cfg: PIDConfig):
         super().__init__()

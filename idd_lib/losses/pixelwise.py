@@ -6,7 +6,7 @@ from torch import nn
 
 from ..config import KDConfig, LossConfig
 from .common import IGNORE_INDEX, resize_labels, softmax_kl, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 @register_term("ce")
@@ -41,8 +41,16 @@ class PixelwiseKD(nn.Module):
     .. math:: L = \frac{T^2}{|V|} \sum_{p \in V} \mathrm{KL}\big(\sigma(z^T_p/T)\,\Vert\,\sigma(z^S_p/T)\big)
 
     with V the non-ignored pixels (labels sampled nearest to the logit size). Student logits are
-    resized to the teacher's if they differ.
+    resized to the teacher's if they differ. On V this is CIRKD's ``CriterionKD`` (weight 1);
+    IFVD's ``CriterionKD`` is ours / C, SKD's ``CriterionPixelWise`` N x (ours + the teacher's
+    entropy) (``tests/test_parity.py``).
+
+    Deliberate difference: CIRKD, IFVD and SKD distil *every* pixel, ignored ones included; ours
+    masks them, so theirs = labelled share x ours + ignored share x the ignored pixels' mean KL
+    (``test_parity.py::test_kd_masks_ignored_pixels_where_the_peers_distil_all``).
     """
+
+    search_space = SearchSpace(option="loss.kd.temperature", values=(0.5, 1.0, 2.0))
 
     def __init__(self, cfg: KDConfig):
         super().__init__()

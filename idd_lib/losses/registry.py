@@ -32,19 +32,34 @@ class TermDims:
     teacher_channels: int | None
 
 
+@dataclass(frozen=True)
+class SearchSpace:
+    """What tuning may vary in a term (:mod:`idd_lib.tuning`), centred on the published default:
+    its weight, as ``weight_factors`` times the method's default weight (a log grid, 1 = the
+    default), and optionally one ``option`` (a temperature) over ``values`` centred on its
+    config default. Declared by each term class as its ``search_space`` attribute."""
+    weight_factors: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    option: str = ""
+    values: tuple[float, ...] = ()
+
+
 # term name -> ``builder(cfg: LossConfig, dims: TermDims) -> nn.Module``, filled by @register_term
 TERM_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+# term name -> its search space (None: not tuned, the task loss), filled by @register_term
+TERM_SEARCH: dict[str, SearchSpace | None] = {}
 TEACHER_FREE_TERMS = {"ce"}
 
 
 def register_term(name: str, **fixed):
     """Class decorator: the term ``name`` is built by ``cls.from_config(cfg, dims, **fixed)``, with
     the run's :class:`~idd_lib.config.LossConfig` and :class:`TermDims` (``fixed``: arguments that
-    tell apart two terms of one class, e.g. CWD on logits or on features)."""
+    tell apart two terms of one class, e.g. CWD on logits or on features). A class without a
+    ``search_space`` attribute is never tuned."""
     def register(cls):
         if name in TERM_BUILDERS:
             raise ValueError(f"loss term {name!r} is registered twice")
         TERM_BUILDERS[name] = functools.partial(cls.from_config, **fixed)
+        TERM_SEARCH[name] = getattr(cls, "search_space", None)
         return cls
     return register
 

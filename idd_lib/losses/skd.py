@@ -9,7 +9,7 @@ from torch import nn
 
 from ..config import LossConfig, PairwiseConfig
 from .common import check_choice, to_size
-from .registry import TermDims, register_term
+from .registry import SearchSpace, TermDims, register_term
 
 
 @register_term("pa")
@@ -31,6 +31,8 @@ class PairwiseAffinityLoss(nn.Module):
 
     Both papers' losses are already means over (b, i, j), so their weights need no conversion.
     """
+
+    search_space = SearchSpace()  # the weight only: no temperature
 
     def __init__(self, cfg: PairwiseConfig):
         super().__init__()

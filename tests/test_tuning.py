@@ -1,0 +1,129 @@
+"""Equal tuning budget (idd_lib/tuning.py): search spaces, the grid, selection on tune only, the CLI."""
+import json
+from collections.abc import Mapping
+
+import pandas as pd
+import pytest
+
+from idd_lib import study, tuning
+from idd_lib.config import LossConfig
+from idd_lib.losses import METHODS, TERM_BUILDERS, TERM_SEARCH
+from idd_lib.presets import get_profile
+
+
+def test_every_distillation_term_declares_a_space_centred_on_its_default():
+    for term in TERM_BUILDERS:
+        space = TERM_SEARCH[term]
+        if term == "ce":
+            assert space is None
+            continue
+        factors = space.weight_factors
+        assert 1.0 in factors and all(abs(a * b - 1) < 1e-12 for a, b in zip(factors, reversed(factors)))  # log-symmetric
+        if space.option:
+            group, name = space.option.split(".")[1:]
+            default = getattr(getattr(LossConfig(), group), name)
+            values = space.values
+            assert values[len(values) // 2] == default and values[0] * values[-1] == pytest.approx(default ** 2)
+
+
+@pytest.mark.parametrize("method", ["kd", "idd+pid", "cwd-cirkd", "cirkd"])
+def test_settings_are_equal_in_number_distinct_seeded_and_start_with_the_default(method):
+    first = tuning.settings(method, 6, sampler_seed=0)
+    assert len(first) == 6 and first[0] == {"weights": "", "options": "", "tag": ""}
+    assert len({(s["weights"], s["options"]) for s in first}) == 6
+    assert tuning.settings(method, 6, sampler_seed=0) == first
+    assert tuning.settings(method, 6, sampler_seed=1) != first
+
+
+def test_weights_lie_on_the_log_grid_of_the_method_default():
+    axes = dict(tuning.dimensions("idd"))
+    assert axes["weight:idd"] == tuple(5.0 * f for f in TERM_SEARCH["idd"].weight_factors)
+    assert axes["loss.kd.temperature"] == (0.5, 1.0, 2.0)
+    assert "weight:ce" not in axes
+
+
+def test_tuning_grid_has_the_ablation_grid_form_and_an_equal_budget():
+    profile = get_profile("quick")
+    grid = tuning.tuning_grid(profile, ["kd", "idd", "cwd-feat"], trials=4, tune_seeds=(0, 1))
+    assert all(set(run) == {"method", "seed", "weights", "options", "tag"} for run in grid)
+    assert set(study.ablation_grid(profile, "kd", "0")[0]) == set(grid[0])
+    counts = pd.DataFrame(grid).groupby("method").size()
+    assert set(counts) == {8}
+
+
+class TuneOnly(Mapping):
+    """A run's result that fails the test if anything reads a validation number."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __getitem__(self, key):
+        if key in ("miou", "per_class_iou", "pearson"):
+            raise AssertionError(f"selection read the validation value {key!r}")
+        return self.data[key]
+
+    def __iter__(self):
+        return iter(k for k in self.data if k not in ("miou", "per_class_iou", "pearson"))
+
+    def __len__(self):
+        return len(list(iter(self)))
+
+
+def _trial(method, tag, seed, tune, val):
+    weights = "" if not tag else tag
+    return TuneOnly({"method": method, "weights": weights, "options": "", "tag": tag, "seed": seed,
+                     "tune_miou": tune, "miou": val})
+
+
+def test_selection_uses_tune_means_and_never_reads_val():
+    trials = [_trial("kd", "", 0, 40.0, 90.0), _trial("kd", "", 1, 42.0, 90.0),
+              _trial("kd", "kd=2", 0, 45.0, 10.0), _trial("kd", "kd=2", 1, 44.0, 10.0),
+              _trial("kd", "kd=4", 0, 50.0, 10.0), _trial("kd", "kd=4", 1, 30.0, 95.0),   # mean 40: not best
+              _trial("idd", "", 0, 48.0, 1.0), _trial("idd", "", 1, 48.0, 1.0),
+              _trial("idd", "idd=10", 0, 47.0, 99.0), _trial("idd", "idd=10", 1, 48.0, 99.0)]
+    best = tuning.select_best(trials).set_index("method")
+    assert best.loc["kd", "tag"] == "kd=2" and best.loc["kd", "tune_miou"] == pytest.approx(44.5)
+    assert best.loc["kd", "default_tune_miou"] == pytest.approx(41.0)
+    assert best.loc["idd", "tag"] == ""                     # the default stays when nothing beats it on tune
+    assert best.loc["idd", "seeds"] == 2
+
+
+def test_selection_refuses_runs_without_tune_numbers():
+    with pytest.raises(ValueError, match="tune_miou"):
+        tuning.select_best([{"method": "kd", "weights": "", "options": "", "tag": "", "seed": 0,
+                             "tune_miou": float("nan")}])
+
+
+def test_confirmation_runs_default_and_best_with_every_seed():
+    best = pd.DataFrame([{"method": "kd", "weights": "kd=2", "options": "", "tag": "kd=2"},
+                         {"method": "idd", "weights": "", "options": "", "tag": ""}])
+    grid = tuning.confirmation_grid(get_profile("quick"), best, seeds=(0, 1, 2, 3, 4))
+    frame = pd.DataFrame(grid)
+    assert len(frame[frame["method"] == "kd"]) == 10 and len(frame[frame["method"] == "idd"]) == 5
+    assert sorted(frame[frame["tag"] == "kd=2"]["seed"]) == [0, 1, 2, 3, 4]
+
+
+def test_cli_errors_are_one_line(capsys):
+    assert tuning.main(["--profile", "quick", "--methods", "nope"]) == 1
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert tuning.main(["--profile", "quick", "--methods", "kd", "--seeds", "a"]) == 1
+    assert "seeds: expected comma-separated integers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tuning_end_to_end_on_the_quick_profile(tmp_path):
+    """The CLI at the quick profile with tiny schedules: trials on tune, selection, confirmation on val."""
+    options = "train.iterations=2,teacher_train.iterations=2,train.eval_every=0"
+    code = tuning.main(["--profile", "quick", "--options", options, "--methods", "kd",
+                        "--trials", "2", "--tune-seeds", "0", "--seeds", "0,1"])
+    assert code == 0
+    from idd_lib.paths import profile_dir
+    folder = profile_dir("quick") / "tuning"
+    record = json.loads((folder / "tuning.json").read_text())
+    assert record["trials"] == 2 and record["tuning_runs"] == 2 and record["default_setting_included"]
+    assert record["command"].startswith("python -m idd_lib.tuning") and record["wall_time_s"] > 0
+    trials = pd.read_csv(folder / "trials.csv")
+    assert "miou" not in trials and trials["tune_miou"].notna().all() and len(trials) == 2
+    confirmation = pd.read_csv(folder / "confirmation.csv")
+    assert set(confirmation["setting"]) == {"default", "tuned"} and confirmation["miou"].notna().all()
+    assert (folder / "figures" / "tuning.png").is_file() and (folder / "selection.csv").is_file()
