@@ -31,7 +31,7 @@ class SyntheticConfig:
     appearance_overlap: float = 0.6  # 0 = distinct class colours, 1 = confusable pairs identical
     lighting: float = 0.3  # amplitude of per-image illumination variation
     noise: float = 0.04  # per-pixel Gaussian noise std (image range [0, 1])
-    object_scale: float = 1.0  # size of persons, poles and signs relative to their real-world size
+    object_scale: float = 3.0  # size of persons, poles and signs; 3: they span output-stride-8 cells at 96x192
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -311,17 +311,19 @@ def _show(value: Any) -> str:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """The position-prior sweep of 07_position: per prior value a reduced-size copy of the profile
-    (its own data, hence its own cached teacher), sized to fit the study's time budget."""
+    """The position-prior sweep of 07_position: per prior value a copy of the profile with its own
+    data, hence its own teacher. Sizes and schedules left at None are the profile's, so the sweep's
+    teachers are as competent as the profile's own (at prior 1 it is the profile's teacher)."""
     priors: tuple[float, ...] = (0.0, 1.0, 2.0)   # SyntheticConfig.position_prior values
-    methods: tuple[str, ...] = ("baseline", "pid", "idd+pid")
+    # PID's own gain is pid (KD + PID) against kd (KD alone), prior by prior
+    methods: tuple[str, ...] = ("kd", "pid")
     seeds: tuple[int, ...] = (0, 1, 2)            # >= 3 per cell: PID's gain per prior is a paired test
-    num_train: int = 96
-    num_val: int = 24
-    height: int = 48
-    width: int = 96
-    teacher_iterations: int = 300
-    student_iterations: int = 150
+    num_train: int | None = None
+    num_val: int | None = None
+    height: int | None = None
+    width: int | None = None
+    teacher_iterations: int | None = None
+    student_iterations: int | None = None
 
 
 @dataclass(frozen=True)
@@ -359,21 +361,27 @@ class Profile:
                                    options=(*self.options, *options.items()))
 
     def sweep_profile(self, prior: float) -> Profile:
-        """The sweep's copy of this profile for one ``position_prior``: reduced data and schedules,
-        the sweep's methods and seeds, results under ``<profile>/sweep/prior<p>/`` (teachers and
-        data are cached by their config digests, so each prior trains its own teacher once)."""
+        """The sweep's copy of this profile for one ``position_prior``: the sweep's sizes, schedules,
+        methods and seeds, results under ``<profile>/sweep/prior<p>/`` (teachers and data are cached
+        by their config digests, so each prior trains - or installs - its own teacher once)."""
         if self.data.dataset != "synthetic":
             raise ValueError(f"profile {self.name}: the position-prior sweep needs the synthetic dataset, "
                              f"not {self.data.dataset!r}")
         s = self.sweep
-        synthetic = dataclasses.replace(self.data.synthetic, position_prior=prior, num_train=s.num_train,
-                                        num_val=s.num_val, height=s.height, width=s.width)
+        sizes = {"num_train": s.num_train, "num_val": s.num_val, "height": s.height, "width": s.width}
+        synthetic = dataclasses.replace(self.data.synthetic, position_prior=prior,
+                                        **{k: v for k, v in sizes.items() if v is not None})
+        teacher_train, student_train = self.teacher_train, dataclasses.replace(self.student_train, eval_every=0)
+        if s.teacher_iterations is not None:
+            teacher_train = dataclasses.replace(teacher_train, iterations=s.teacher_iterations, eval_every=0)
+        if s.student_iterations is not None:
+            student_train = dataclasses.replace(student_train, iterations=s.student_iterations)
         return dataclasses.replace(
             self, name=f"{self.name}/sweep/prior{prior:g}",
-            description=f"{self.description}; position-prior sweep at {prior:g} (reduced size)",
-            data=dataclasses.replace(self.data, synthetic=synthetic, crop_size=None),
-            teacher_train=dataclasses.replace(self.teacher_train, iterations=s.teacher_iterations, eval_every=0),
-            student_train=dataclasses.replace(self.student_train, iterations=s.student_iterations, eval_every=0),
+            description=f"{self.description}; position-prior sweep at {prior:g}",
+            data=dataclasses.replace(self.data, synthetic=synthetic,
+                                     crop_size=None if s.height or s.width else self.data.crop_size),
+            teacher_train=teacher_train, student_train=student_train,
             seeds=s.seeds, methods=s.methods)
 
     def run_config(self, method: str = "baseline", seed: int = 0) -> RunConfig:
