@@ -9,7 +9,7 @@ Claims and their evidence (seed-paired differences, :mod:`idd_lib.comparisons`):
 * (c) PID raises position information: position-probe mean R², ``idd+pid - idd``
   (``tables/position_probe_seeds.csv``, written by 07_position);
 * (d) PID helps when position predicts the class and not when it does not: in the prior sweep
-  (``tables/position_sweep_seeds.csv``), PID's paired gain ``pid - baseline`` averaged over the
+  (``tables/position_sweep_seeds.csv``), PID's paired gain ``pid - kd`` (PID added to KD) averaged over the
   informative priors (> 0) minus its gain at prior 0;
 * (e) IDD+PID vs the strongest baseline (the competing method with the highest mean *tune* mIoU,
   val where no run has tune numbers): val mIoU, ``idd+pid - strongest``.
@@ -53,12 +53,12 @@ def strongest_competitor(runs: pd.DataFrame) -> str | None:
 
 
 def sweep_gain_difference(sweep: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Per seed: PID's mIoU gain over the baseline averaged over the priors > 0, and at prior 0."""
-    wide = sweep[sweep["network"].isin(["pid", "baseline"])].pivot_table(
+    """Per seed: PID's mIoU gain over KD alone (``pid - kd``) averaged over the priors > 0, and at prior 0."""
+    wide = sweep[sweep["network"].isin(["pid", "kd"])].pivot_table(
         index=["prior", "seed"], columns="network", values="miou")
-    if not {"pid", "baseline"} <= set(wide.columns):
+    if not {"pid", "kd"} <= set(wide.columns):
         return pd.Series(dtype=float), pd.Series(dtype=float)
-    gain = (wide["pid"] - wide["baseline"]).reset_index(name="gain")
+    gain = (wide["pid"] - wide["kd"]).reset_index(name="gain")
     informative = gain[gain["prior"] > 0].groupby("seed")["gain"].mean()
     flat = gain[gain["prior"] == 0].set_index("seed")["gain"]
     return informative, flat
@@ -87,7 +87,7 @@ def _evidence(runs: pd.DataFrame | None, probe: pd.DataFrame | None, sweep: pd.D
                                                          else "(07_position) has not written its per-seed table")))
     else:
         informative, flat = sweep_gain_difference(sweep)
-        rows.append(("d", "sweep: PID's mIoU gain over baseline at priors > 0 − at prior 0", informative, flat))
+        rows.append(("d", "sweep: PID's mIoU gain over KD at priors > 0 − at prior 0", informative, flat))
     rival = strongest_competitor(runs)
     rows.append(("e", "missing: no competing method's runs") if rival is None else
                 ("e", f"val mIoU, idd+pid − {rival} (strongest by tune mIoU)", _series(runs, "idd+pid", "miou"),

@@ -94,6 +94,16 @@ def test_probe_networks_end_to_end_and_mode_kept():
     assert probe.feature_maps(models["colour"], data, max_images=4).shape == (4, 3, H, W)
 
 
+def test_default_sweep_keeps_the_profiles_sizes_and_teacher():
+    base = presets.get_profile("default")
+    at_prior_one, flat = base.sweep_profile(1.0), base.sweep_profile(0.0)
+    assert at_prior_one.teacher_config().digest() == base.teacher_config().digest()
+    assert flat.data.synthetic == dataclasses.replace(base.data.synthetic, position_prior=0.0)
+    assert flat.teacher_train == base.teacher_train
+    assert flat.student_train.iterations == presets.SWEEP_STUDENT_ITERATIONS
+    assert flat.methods == ("kd", "pid") and len(flat.seeds) >= 3
+
+
 def test_sweep_profiles_have_their_own_data_teacher_and_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("IDD_RESULTS", str(tmp_path))
     base = presets.get_profile("quick")
