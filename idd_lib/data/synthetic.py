@@ -11,9 +11,11 @@ Every image is a dashcam view rendered from a tiny pinhole-camera model:
   the street is closed by a facade (building or vegetation) drawn in perspective;
 * the road is a trapezoid converging to the vanishing point (with perspective dashed lane
   markings), flanked by tiled sidewalks with a bright kerb;
-* cars stand on the road, persons and thin poles (1-3 px, some carrying a small traffic
-  sign) stand on the sidewalk, all sized by the perspective scale at their foot row and
-  painted far-to-near so that near objects occlude far ones;
+* cars stand on the road, persons and thin poles (some carrying a small traffic sign) stand
+  on the sidewalk, all sized by the perspective scale at their foot row and painted
+  far-to-near so that near objects occlude far ones; ``object_scale`` enlarges persons,
+  poles and signs (not their layout), so that at a CPU-sized resolution they still span the
+  feature cells of an output-stride-8 network, as they do at Cityscapes' resolution;
 * some pixels are unlabelled (``labelId`` 1 "ego vehicle" bonnet at the bottom, ``labelId``
   0 thin rectification-like borders) and become the ignore index downstream;
 * finally a per-image illumination model (gain, contrast, colour cast, soft gradients) and
