@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: study test lab kernel install lock clean-results
+.PHONY: study test lab kernel install lock clean-results teacher ship-teacher verify reference
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,22 @@ install: $(STAMP)
 
 study: $(STAMP)
 	$(PY) -m idd_lib.study --profile $(PROFILE) --options "$(OPTIONS)"
+
+# the profile's teacher trained here from scratch (never the shipped one), into results/cache/teachers/
+teacher: $(STAMP)
+	$(PY) -m idd_lib.teachers train --profile $(PROFILE) --options "$(OPTIONS)"
+
+# that trained teacher written into the package (idd_lib/teachers/<profile>/) with its manifest
+ship-teacher: $(STAMP)
+	$(PY) -m idd_lib.teachers ship --profile $(PROFILE) --options "$(OPTIONS)"
+
+# results/<profile>/ compared with the reference results reference/<profile>/ (exit 1: not reproduced)
+verify: $(STAMP)
+	$(PY) -m idd_lib.verify --profile $(PROFILE)
+
+# reference/<profile>/ written from results/<profile>/
+reference: $(STAMP)
+	$(PY) -m idd_lib.verify --write-reference --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -32,7 +32,7 @@ def results_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return frame
 
 
-def _paired(values: pd.Series, other: pd.Series) -> tuple[float, float]:
+def paired_difference(values: pd.Series, other: pd.Series) -> tuple[float, float]:
     """Mean difference and paired t-test p-value of two seed-indexed series on their shared seeds;
     NaN p-value below 2 shared seeds or when every difference is the same."""
     a, b = values.align(other, join="inner")
@@ -83,12 +83,12 @@ def summarize(frame: pd.DataFrame, baseline: str = "baseline", value: str = "mio
         row = {"method": name, "seeds": n, "mean": mean, "std": std, "ci95": ci,
                label: f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"}
         if name != baseline and baseline in by_seed:
-            row["delta_vs_baseline"], row["p_vs_baseline"] = _paired(series, by_seed[baseline])
+            row["delta_vs_baseline"], row["p_vs_baseline"] = paired_difference(series, by_seed[baseline])
         others = {k: v for k, v in means.items() if k != name}
         if others:
             best = (max if higher_is_better else min)(others, key=others.get)
             row["best_other"] = best
-            row["delta_vs_best_other"], row["p_vs_best_other"] = _paired(series, by_seed[best])
+            row["delta_vs_best_other"], row["p_vs_best_other"] = paired_difference(series, by_seed[best])
         rows.append(row)
     return pd.DataFrame(rows)
 
