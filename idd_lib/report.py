@@ -210,7 +210,21 @@ def _header_section(profile) -> list[str]:
     ]
 
 
-def _teacher_section(profile, teacher_miou: float) -> list[str]:
+def _teacher_origin(folder: Path) -> str:
+    """Where the teacher came from: the package's shipped teacher (installed, not trained here) or this study."""
+    from .rundir import read_provenance
+
+    prov = read_provenance(folder)
+    if "source" not in prov:
+        return "Trained by this study."
+    commit = prov.get("git", {}).get("commit", "unknown")[:10]
+    machine = prov.get("machine") or {}
+    return (f"The shipped teacher (`{prov['source'].get('artifact')}`), trained at commit `{commit}` on "
+            f"{machine.get('cpu', 'an unrecorded CPU')}; installed, not trained here (docs/reproducibility.md in "
+            "the repository).")
+
+
+def _teacher_section(profile, teacher_miou: float, origin: str = "") -> list[str]:
     student, teacher = profile.student, profile.teacher
     return [
         "## Teacher",
@@ -218,7 +232,8 @@ def _teacher_section(profile, teacher_miou: float) -> list[str]:
         f"Teacher: ResNet {teacher.block} blocks {teacher.layers}, width x{teacher.width}, {teacher.head.upper()} "
         f"head ({teacher.head_channels} ch), {profile.teacher_train.iterations} iterations: "
         f"**val mIoU {teacher_miou:.2f}**. Student: blocks {student.layers}, width x{student.width}, "
-        f"{student.head.upper()} head ({student.head_channels} ch), {profile.student_train.iterations} iterations.",
+        f"{student.head.upper()} head ({student.head_channels} ch), {profile.student_train.iterations} iterations."
+        + (f" {origin}" if origin else ""),
         "",
     ]
 
@@ -345,7 +360,8 @@ def write_report(profile) -> Path:
     teacher_result = read_result(teacher_dir(profile))
     frame = results_frame(current_results(profile))
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
-    lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"]),
+    origin = _teacher_origin(teacher_dir(profile))
+    lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"], origin),
              *_students_section(folder), *_distances_section(folder), *_position_section(folder, profile),
              *_benchmark_and_runs_section(folder, provenance_md, profile.data.dataset == "synthetic")]
     path = folder / "REPORT.md"

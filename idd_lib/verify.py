@@ -341,6 +341,15 @@ def _machine_line(name: str, record: dict[str, Any]) -> str:
             + (f", study {record['study_wall_time_s']:.0f} s" if record.get("study_wall_time_s") else ""))
 
 
+def _teacher_line(reference: dict[str, Any], yours: dict[str, Any]) -> str:
+    def show(record: dict[str, Any]) -> str:
+        teacher = record.get("teacher") or {}
+        miou = teacher.get("miou")
+        return (f"{teacher.get('config_digest')} val mIoU {miou:.2f} ({teacher.get('source')})" if miou is not None
+                else "none found")
+    return f"teacher: reference {show(reference)}; yours {show(yours)}"
+
+
 def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = ("cpu", "threads", "torch")
     return all(isinstance(m, dict) for m in (a.get("machine"), b.get("machine"))) and all(
@@ -374,7 +383,7 @@ def verify(profile: Profile | str, root: Path | None = None) -> tuple[str, bool]
     failing += [f"{m} vs baseline (sign)" for m in sign_table.loc[sign_table["fails"].astype(bool), "method"]]
     lines = [f"Reproduction check of profile {profile.name!r}: {profile_dir(profile.name)} against "
              f"{reference_dir(profile.name, root)}", _machine_line("reference", ref_machine),
-             _machine_line("yours    ", my_machine),
+             _machine_line("yours    ", my_machine), _teacher_line(ref_machine, my_machine),
              "Same CPU type, thread count and torch build: expect 'exact'." if _same_machine(ref_machine, my_machine)
              else "Another CPU type, thread count or torch build: expect 'agree' (within the seed spread), not 'exact'.",
              RULE, ""]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from idd_lib import engine, presets, rundir, runs, teachers
+from idd_lib import engine, presets, report, rundir, runs, teachers
 from idd_lib.config import fields_digest
 from idd_lib.teachers import __main__ as teachers_cli
 
@@ -72,6 +72,8 @@ def test_the_shipped_teacher_is_installed_instead_of_trained(trained, shipped, n
     source = rundir.read_provenance(folder)["source"]
     assert source["artifact"] == str(shipped) and len(source["manifest_sha256"]) == 64
     assert teachers.is_installed_copy(folder) and not teachers.is_installed_copy(original)
+    assert report._teacher_origin(folder).startswith(f"The shipped teacher (`{shipped}`), trained at commit")
+    assert report._teacher_origin(original) == "Trained by this study."
     # a second call finds the finished teacher in the cache: nothing is installed again
     runs.ensure_teacher(profile, progress=False)
     assert "installed" not in capsys.readouterr().out

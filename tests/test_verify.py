@@ -48,6 +48,11 @@ def write_study(profile, means=MEANS, seeds=(0, 1, 2), seed=0) -> None:
     for method, mean in means.items():
         for i, s in enumerate(seeds):
             write_run(profile, method, s, mean + float(shared[i]) + float(rng.normal(0, 0.2)), rng)
+    teacher = runs.teacher_dir(profile)
+    rundir.make_folder(teacher)
+    rundir.write_result(teacher, {"method": "baseline", "seed": 0, "miou": 60.0, "wall_time_s": 30.0,
+                                  "config_digest": profile.teacher_config().digest()})
+    rundir.update_provenance(teacher, source={"artifact": "idd_lib/teachers/tiny"})
     probe = pd.DataFrame([{"network": "teacher", "seed": 0, "mean": 0.87}] +
                          [{"network": m, "seed": s, "mean": 0.8 + 0.01 * k + 0.001 * s}
                           for k, m in enumerate(means) for s in seeds])
@@ -87,6 +92,9 @@ def test_a_reference_written_from_a_folder_verifies_it_exactly(profile, tmp_path
     assert passed and text.count("| exact ") == 4 + 4 + 5  # mIoU, agreement, probe (teacher too)
     assert "Same CPU type, thread count and torch build: expect 'exact'." in text and "Reproduced." in text
     assert "Welch" in text and "The ordering holds." in text
+    digest = profile.teacher_config().digest()
+    assert f"teacher: reference {digest} val mIoU 60.00 (shipped); yours {digest} val mIoU 60.00 (shipped)" in text
+    assert machine["teacher"] == {"config_digest": digest, "miou": 60.0, "wall_time_s": 30.0, "source": "shipped"}
 
 
 def test_a_changed_reference_number_is_reported_and_exits_nonzero(profile, tmp_path, capsys):
