@@ -23,9 +23,10 @@ install: $(STAMP)
 study: $(STAMP)
 	$(PY) -m idd_lib.study --profile $(PROFILE) --options "$(OPTIONS)"
 
-# the profile's teacher trained here from scratch (never the shipped one), into results/cache/teachers/
+# the profile's teacher trained here from scratch (never the shipped one), into results/cache/teachers/;
+# RETRAIN=1 also replaces one trained here before
 teacher: $(STAMP)
-	$(PY) -m idd_lib.teachers train --profile $(PROFILE) --options "$(OPTIONS)"
+	$(PY) -m idd_lib.teachers train --profile $(PROFILE) --options "$(OPTIONS)" $(if $(RETRAIN),--retrain)
 
 # that trained teacher written into the package (idd_lib/teachers/<profile>/) with its manifest
 ship-teacher: $(STAMP)

@@ -37,7 +37,9 @@ from .config import Profile
 from .paths import profile_dir, project_root
 from .presets import get_profile
 from .report import current_results, paired_difference, results_frame, summarize
-from .rundir import RESULT, RunFileError, atomic_write_text, now, read_json, read_provenance, read_result, staged_folder
+from .teachers import file_sha256
+from .rundir import (MODEL, RESULT, RunFileError, atomic_write_text, now, read_json, read_provenance, read_result,
+                     staged_folder)
 
 ALPHA = 0.05
 RUNS, MACHINE = "runs.csv", "machine.json"
@@ -106,7 +108,8 @@ def machine_record(profile: Profile, results: list[dict[str, Any]]) -> dict[str,
         "versions": _unique([p.get("versions") for p in provenance]),
         "teacher": {"config_digest": teacher_result.get("config_digest"), "miou": teacher_result.get("miou"),
                     "wall_time_s": teacher_result.get("wall_time_s"),
-                    "source": "shipped" if "source" in read_provenance(teacher) else "trained"},
+                    "source": "shipped" if "source" in read_provenance(teacher) else "trained",
+                    "model_sha256": file_sha256(teacher / MODEL) if (teacher / MODEL).is_file() else None},
         "runs": len(results), "runs_wall_time_s": sum(r.get("wall_time_s", 0.0) for r in results),
         "study_wall_time_s": sum(notebooks.values()) if notebooks else None, "notebooks_s": notebooks,
     }
@@ -342,12 +345,16 @@ def _machine_line(name: str, record: dict[str, Any]) -> str:
 
 
 def _teacher_line(reference: dict[str, Any], yours: dict[str, Any]) -> str:
+    """Both teachers, and whether their weights are the same file (the shipped teacher on both sides)."""
     def show(record: dict[str, Any]) -> str:
         teacher = record.get("teacher") or {}
         miou = teacher.get("miou")
         return (f"{teacher.get('config_digest')} val mIoU {miou:.2f} ({teacher.get('source')})" if miou is not None
                 else "none found")
-    return f"teacher: reference {show(reference)}; yours {show(yours)}"
+    hashes = [(record.get("teacher") or {}).get("model_sha256") for record in (reference, yours)]
+    same = ("; the same weights" if hashes[0] == hashes[1] else "; OTHER weights: your students learn from another "
+            "teacher") if all(hashes) else ""
+    return f"teacher: reference {show(reference)}; yours {show(yours)}{same}"
 
 
 def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -183,6 +183,17 @@ def test_make_teacher_trains_here_replacing_an_installed_copy(trained, shipped, 
         runs.ensure_teacher(profile, progress=False, use_shipped=False)
 
 
+def test_make_teacher_keeps_a_teacher_trained_here_unless_asked_to_retrain(trained, no_training, capsys):
+    profile, original = trained
+    folder = runs.teacher_dir(profile)
+    shutil.copytree(original, folder)
+    assert teachers_cli.main(["train", "--profile", "quick", "--options", runs.join_options(OPTIONS)]) == 0
+    assert "already trained here" in capsys.readouterr().out and (folder / rundir.RESULT).exists()
+    with pytest.raises(Trained):
+        teachers_cli.main(["train", "--profile", "quick", "--options", runs.join_options(OPTIONS), "--retrain"])
+    assert "the earlier teacher" in capsys.readouterr().out and not (folder / rundir.RESULT).exists()
+
+
 def test_ship_refuses_an_installed_copy_an_unfinished_folder_and_another_config(trained, shipped, tmp_path):
     profile, original = trained
     runs.ensure_teacher(profile, progress=False)

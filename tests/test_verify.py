@@ -2,6 +2,7 @@
 a reference written from a folder agrees with it exactly; a changed reference number, a swapped
 ordering or a changed sign is reported (exit 1); missing results and damaged references are
 one-line errors (exit 2)."""
+import json
 import math
 import re
 import shutil
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from idd_lib import paths, presets, report, rundir, runs, verify
+from idd_lib import paths, presets, report, rundir, runs, teachers, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 MEANS = {"baseline": 45.0, "kd": 47.0, "idd": 50.5, "idd+pid": 50.0}
@@ -53,6 +54,7 @@ def write_study(profile, means=MEANS, seeds=(0, 1, 2), seed=0) -> None:
     rundir.write_result(teacher, {"method": "baseline", "seed": 0, "miou": 60.0, "wall_time_s": 30.0,
                                   "config_digest": profile.teacher_config().digest()})
     rundir.update_provenance(teacher, source={"artifact": "idd_lib/teachers/tiny"})
+    (teacher / rundir.MODEL).write_bytes(b"the teacher's weights")
     probe = pd.DataFrame([{"network": "teacher", "seed": 0, "mean": 0.87}] +
                          [{"network": m, "seed": s, "mean": 0.8 + 0.01 * k + 0.001 * s}
                           for k, m in enumerate(means) for s in seeds])
@@ -93,8 +95,13 @@ def test_a_reference_written_from_a_folder_verifies_it_exactly(profile, tmp_path
     assert "Same CPU type, thread count and torch build: expect 'exact'." in text and "Reproduced." in text
     assert "Welch" in text and "The ordering holds." in text
     digest = profile.teacher_config().digest()
-    assert f"teacher: reference {digest} val mIoU 60.00 (shipped); yours {digest} val mIoU 60.00 (shipped)" in text
-    assert machine["teacher"] == {"config_digest": digest, "miou": 60.0, "wall_time_s": 30.0, "source": "shipped"}
+    assert (f"teacher: reference {digest} val mIoU 60.00 (shipped); yours {digest} val mIoU 60.00 (shipped); "
+            "the same weights") in text
+    sha = teachers.file_sha256(runs.teacher_dir(profile) / rundir.MODEL)
+    assert machine["teacher"] == {"config_digest": digest, "miou": 60.0, "wall_time_s": 30.0, "source": "shipped",
+                                  "model_sha256": sha}
+    (runs.teacher_dir(profile) / rundir.MODEL).write_bytes(b"a teacher trained elsewhere")
+    assert "OTHER weights: your students learn from another teacher" in verify.verify("tiny", tmp_path / "reference")[0]
 
 
 def test_a_changed_reference_number_is_reported_and_exits_nonzero(profile, tmp_path, capsys):
@@ -221,3 +228,17 @@ def test_the_reference_is_not_ignored_by_git():
         pytest.skip("not a git checkout")
     paths = [f"reference/default/{name}" for name in (verify.RUNS, verify.MACHINE, "tables/position_probe.csv")]
     assert subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True).stdout == ""
+
+
+@pytest.mark.slow
+def test_the_quick_study_verifies_exactly_against_its_own_reference(quick_study, tmp_path, capsys):
+    root = tmp_path / "reference"
+    assert verify.main(["--write-reference", "--profile", "quick", "--reference-root", str(root)]) == 0
+    assert verify.main(["--profile", "quick", "--reference-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| exact " in out and "differs" not in out and "Reproduced." in out
+    machine = json.loads((root / "quick" / verify.MACHINE).read_text())
+    assert machine["machine"]["threads"] >= 1 and machine["teacher"]["source"] == "trained"
+    assert machine["study_wall_time_s"] > 0 and {"01_teacher", "03_ablation"} <= set(machine["notebooks_s"])
+    runs_csv = pd.read_csv(root / "quick" / verify.RUNS)
+    assert len(runs_csv) == len(presets.get_profile("quick").methods) and "iou/car" in runs_csv

@@ -1,6 +1,6 @@
 """Retrain, ship and check the shipped teachers.
 
-    python -m idd_lib.teachers train --profile default   # make teacher: from scratch, into the cache
+    python -m idd_lib.teachers train --profile default [--retrain]  # make teacher [RETRAIN=1]: from scratch, into the cache
     python -m idd_lib.teachers ship --profile default    # make ship-teacher: cache folder -> idd_lib/teachers/default/
     python -m idd_lib.teachers check                     # every shipped teacher's files against its manifest
 """
@@ -13,22 +13,23 @@ import sys
 from . import MANIFEST, ShippedTeacherError, check_artifact, is_installed_copy, read_manifest, ship, teachers_root
 
 
-def train(profile_name: str, options: str) -> None:
+def train(profile_name: str, options: str, retrain: bool = False) -> None:
     """Train the profile's teacher here, never from the shipped file: an installed copy of the
     shipped teacher in the cache is removed first (the package can install it again at any time);
-    a teacher already trained here is kept."""
+    a teacher already trained here is kept, unless ``retrain`` (then it is trained again from scratch)."""
     from ..presets import study_profile
     from ..rundir import RESULT, read_result
     from ..runs import ensure_teacher, teacher_dir
 
     profile = study_profile(profile_name, options)
     folder = teacher_dir(profile)
-    if (folder / RESULT).exists() and is_installed_copy(folder):
-        print(f"teacher: removing {folder}, the installed copy of the shipped teacher, to train it here", flush=True)
+    if folder.exists() and (retrain or is_installed_copy(folder)):
+        what = "the installed copy of the shipped teacher" if is_installed_copy(folder) else "the earlier teacher"
+        print(f"teacher: removing {folder}, {what}, to train it here from scratch", flush=True)
         shutil.rmtree(folder)
     elif (folder / RESULT).exists():
         print(f"teacher: already trained here (val mIoU {read_result(folder)['miou']:.2f}) in {folder}; "
-              "delete that folder to train it again", flush=True)
+              "--retrain (make teacher RETRAIN=1) trains it again", flush=True)
         return
     result = ensure_teacher(profile, use_shipped=False)[1]
     print(f"teacher: val mIoU {result['miou']:.2f} after {result['steps']} steps ({result['wall_time_s']:.0f} s) "
@@ -75,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("train", "ship", "check"))
     parser.add_argument("--profile", default="default", help="the profile whose teacher to train or ship")
     parser.add_argument("--options", default="", help="profile options (data.*, teacher.*, teacher_train.*)")
+    parser.add_argument("--retrain", action="store_true", help="train: also replace a teacher already trained here")
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            train(args.profile, args.options)
+            train(args.profile, args.options, args.retrain)
         elif args.command == "ship":
             ship_profile(args.profile, args.options)
         else:
