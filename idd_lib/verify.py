@@ -228,11 +228,12 @@ def _problem(ref: pd.DataFrame, yours: pd.DataFrame) -> str | None:
     lost = sorted(set(ref["seed"]) - set(yours["seed"]))
     if lost:
         return f"missing seeds {', '.join(map(str, lost))}"
-    digests = yours.set_index("seed")["config_digest"].reindex(ref["seed"])
-    other = ref.set_index("seed")["config_digest"] != digests
+    theirs = ref.set_index("seed")["config_digest"]
+    digests = yours.set_index("seed")["config_digest"].reindex(theirs.index)
+    other = theirs != digests
     if other.any():
         seed = other[other].index[0]
-        return f"another config (seed {seed}: {digests[seed]}, reference {ref.set_index('seed').loc[seed, 'config_digest']})"
+        return f"another config (seed {seed}: {digests[seed]}, reference {theirs[seed]})"
     return None
 
 

@@ -171,11 +171,13 @@ def test_a_missing_method_or_seed_is_named(profile, tmp_path, capsys):
     verify.write_reference("tiny", tmp_path / "reference")
     kd = runs.run_dir(profile, runs.student_config(profile, "kd", 2, check=False))
     (kd / rundir.RESULT).unlink()
-    def add_cwd(table):
+    def add_cwd_and_change_a_config(table):
         table.loc[len(table)] = {**table.iloc[0].to_dict(), "method": "cwd"}
-    edit_reference(tmp_path, add_cwd)
+        table.loc[(table["method"] == "idd") & (table["seed"] == 1), "config_digest"] = "feedfacecafe"
+    edit_reference(tmp_path, add_cwd_and_change_a_config)
     code, out = check(tmp_path, capsys)
     assert code == 1
+    assert "another config (seed 1: " in next(line for line in out.splitlines() if line.startswith("| idd "))
     assert "missing seeds 2" in next(line for line in out.splitlines() if line.startswith("| kd "))
     assert "missing: no run of this method" in next(line for line in out.splitlines() if line.startswith("| cwd "))
 
