@@ -365,7 +365,10 @@ def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".3f") if len(frame) else "(nothing to compare)"
+    """Numbers to 3 decimals (NaN: blank); text as written (tabulate would reformat "26.05" as a number)."""
+    def cell(value: Any) -> Any:
+        return ("" if math.isnan(value) else f"{value:.3f}") if isinstance(value, float) else value
+    return frame.map(cell).to_markdown(index=False, disable_numparse=True) if len(frame) else "(nothing to compare)"
 
 
 def verify(profile: Profile | str, root: Path | None = None) -> tuple[str, bool]:

@@ -100,6 +100,9 @@ def test_a_reference_written_from_a_folder_verifies_it_exactly(profile, tmp_path
     sha = teachers.file_sha256(runs.teacher_dir(profile) / rundir.MODEL)
     assert machine["teacher"] == {"config_digest": digest, "miou": 60.0, "wall_time_s": 30.0, "source": "shipped",
                                   "model_sha256": sha}
+    machine["machine"]["threads"] = 4
+    rundir.atomic_write_text(reference / verify.MACHINE, json.dumps(machine))
+    assert "Another CPU type, thread count or torch build: expect 'agree'" in verify.verify("tiny", reference.parent)[0]
     (runs.teacher_dir(profile) / rundir.MODEL).write_bytes(b"a teacher trained elsewhere")
     assert "OTHER weights: your students learn from another teacher" in verify.verify("tiny", tmp_path / "reference")[0]
 
