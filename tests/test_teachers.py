@@ -129,7 +129,7 @@ TAMPERING = {
     "config": (lambda f: _edit_manifest(f, _config_edited), r"manifest\.json: config_digest \w+ does not match its config"),
     "weights hash": (lambda f: _edit_manifest(f, lambda m: m["files"].update({rundir.MODEL: "0" * 64})),
                      r"model\.pt: sha256 \w+\.\.\. does not match the manifest's 0000000000000000"),
-    "another network": (_other_network, r"model\.pt: not the weights of the configured teacher network"),
+    "another network": (_other_network, r"model\.pt: not the weights of the configured teacher network \(size mismatch"),
     "log": (lambda f: (f / rundir.METRICS).write_text("{}\n"), r"metrics\.jsonl: sha256"),
 }
 

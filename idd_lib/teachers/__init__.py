@@ -115,7 +115,8 @@ def _check_weights(path: Path, cfg: RunConfig) -> None:
     try:
         model.load_state_dict(load_state(path))
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-        reason = next(iter(str(err).strip().splitlines()), "") or type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
         raise ShippedTeacherError(f"{path}: not the weights of the configured teacher network ({reason}); "
                                   f"{RETRAIN}") from None
 
