@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 LOCK := requirements/lock.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: study tune test lab kernel install lock clean-results
+.PHONY: study tune test lab kernel install lock clean-results teacher ship-teacher verify reference
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,23 @@ study: $(STAMP)
 tune: $(STAMP)
 	$(PY) -m idd_lib.tuning --profile $(PROFILE) --options "$(OPTIONS)" $(if $(METHODS),--methods "$(METHODS)") \
 	  --trials $(TRIALS) --tune-seeds $(TUNE_SEEDS) --seeds $(SEEDS)
+
+# the profile's teacher trained here from scratch (never the shipped one), into results/cache/teachers/;
+# RETRAIN=1 also replaces one trained here before
+teacher: $(STAMP)
+	$(PY) -m idd_lib.teachers train --profile $(PROFILE) --options "$(OPTIONS)" $(if $(RETRAIN),--retrain)
+
+# that trained teacher written into the package (idd_lib/teachers/<profile>/) with its manifest
+ship-teacher: $(STAMP)
+	$(PY) -m idd_lib.teachers ship --profile $(PROFILE) --options "$(OPTIONS)"
+
+# results/<profile>/ compared with the reference results reference/<profile>/ (exit 1: not reproduced)
+verify: $(STAMP)
+	$(PY) -m idd_lib.verify --profile $(PROFILE)
+
+# reference/<profile>/ written from results/<profile>/
+reference: $(STAMP)
+	$(PY) -m idd_lib.verify --write-reference --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

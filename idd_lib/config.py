@@ -8,6 +8,7 @@ validated: an unknown key is an error, never a silent typo.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -220,7 +221,14 @@ def config_digest(cfg: Any) -> str:
     fields = dataclasses.asdict(cfg)
     if isinstance(cfg, SyntheticConfig):
         fields["generator"] = SYNTHETIC_VERSION
-    elif isinstance(fields.get("data"), dict) and fields["data"].get("dataset") == "synthetic":
+    return fields_digest(fields)
+
+
+def fields_digest(fields: dict[str, Any]) -> str:
+    """:func:`config_digest` of a config given as its fields (``to_dict()``, or ``config.json`` read
+    back): what checks that a stored config is the one its recorded digest names."""
+    fields = copy.deepcopy(fields)
+    if isinstance(fields.get("data"), dict) and fields["data"].get("dataset") == "synthetic":
         fields["data"]["synthetic"]["generator"] = SYNTHETIC_VERSION
     if isinstance(fields.get("loss"), dict) and fields["loss"]["method"] == "baseline":
         # labels only: the terms' options change nothing a baseline or a teacher computes

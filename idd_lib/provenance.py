@@ -1,10 +1,11 @@
-"""What produced a result: git commit (and dirty flag), package versions, device, time."""
+"""What produced a result: git commit (and dirty flag), package versions, device, machine, time."""
 from __future__ import annotations
 
 import datetime
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -35,6 +36,25 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, the platform's processor string elsewhere):
+    results repeat to the last digit only on the same CPU type and thread count."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_facts() -> dict[str, object]:
+    """What a number computed here depends on beyond the code: CPU model, torch's intra-op threads,
+    the torch build."""
+    return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -43,4 +63,5 @@ def device_name(device: torch.device) -> str:
 
 def provenance(device: torch.device) -> dict[str, object]:
     return {"git": git_state(), "versions": package_versions(), "device": device_name(device),
-            "host": platform.node(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+            "machine": machine_facts(), "host": platform.node(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat()}

@@ -32,7 +32,7 @@ def results_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return frame
 
 
-def _paired(values: pd.Series, other: pd.Series) -> tuple[float, float]:
+def paired_difference(values: pd.Series, other: pd.Series) -> tuple[float, float]:
     """Mean difference and paired t-test p-value of two seed-indexed series on their shared seeds;
     NaN p-value below 2 shared seeds or when every difference is the same."""
     a, b = values.align(other, join="inner")
@@ -83,12 +83,12 @@ def summarize(frame: pd.DataFrame, baseline: str = "baseline", value: str = "mio
         row = {"method": name, "seeds": n, "mean": mean, "std": std, "ci95": ci,
                label: f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"}
         if name != baseline and baseline in by_seed:
-            row["delta_vs_baseline"], row["p_vs_baseline"] = _paired(series, by_seed[baseline])
+            row["delta_vs_baseline"], row["p_vs_baseline"] = paired_difference(series, by_seed[baseline])
         others = {k: v for k, v in means.items() if k != name}
         if others:
             best = (max if higher_is_better else min)(others, key=others.get)
             row["best_other"] = best
-            row["delta_vs_best_other"], row["p_vs_best_other"] = _paired(series, by_seed[best])
+            row["delta_vs_best_other"], row["p_vs_best_other"] = paired_difference(series, by_seed[best])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -210,7 +210,21 @@ def _header_section(profile) -> list[str]:
     ]
 
 
-def _teacher_section(profile, teacher_miou: float) -> list[str]:
+def _teacher_origin(folder: Path) -> str:
+    """Where the teacher came from: the package's shipped teacher (installed, not trained here) or this study."""
+    from .rundir import read_provenance
+
+    prov = read_provenance(folder)
+    if "source" not in prov:
+        return "Trained by this study."
+    commit = prov.get("git", {}).get("commit", "unknown")[:10]
+    machine = prov.get("machine") or {}
+    return (f"The shipped teacher (`{prov['source'].get('artifact')}`), trained at commit `{commit}` on "
+            f"{machine.get('cpu', 'an unrecorded CPU')}; installed, not trained here (docs/reproducibility.md in "
+            "the repository).")
+
+
+def _teacher_section(profile, teacher_miou: float, origin: str = "") -> list[str]:
     student, teacher = profile.student, profile.teacher
     return [
         "## Teacher",
@@ -218,7 +232,8 @@ def _teacher_section(profile, teacher_miou: float) -> list[str]:
         f"Teacher: ResNet {teacher.block} blocks {teacher.layers}, width x{teacher.width}, {teacher.head.upper()} "
         f"head ({teacher.head_channels} ch), {profile.teacher_train.iterations} iterations: "
         f"**val mIoU {teacher_miou:.2f}**. Student: blocks {student.layers}, width x{student.width}, "
-        f"{student.head.upper()} head ({student.head_channels} ch), {profile.student_train.iterations} iterations.",
+        f"{student.head.upper()} head ({student.head_channels} ch), {profile.student_train.iterations} iterations."
+        + (f" {origin}" if origin else ""),
         "",
     ]
 
@@ -464,7 +479,8 @@ def write_report(profile) -> Path:
     frame = results_frame(current_results(profile))
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     runs = default_runs(frame)
-    lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"]),
+    origin = _teacher_origin(teacher_dir(profile))
+    lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"], origin),
              *_verdict_section(folder, runs), *_students_section(folder),
              *_comparisons_section(folder, runs, teacher_result["miou"]),
              *_tuning_section(folder, runs, teacher_result["miou"]), *_distances_section(folder),

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,29 @@ def make_folder(folder: Path) -> Path:
     except OSError as err:
         raise _write_error(folder, err) from None
     return folder
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path):
+    """Yield an empty temporary sibling of folder ``target`` to fill; when the block ends it replaces
+    ``target`` (an earlier one is removed), and on any failure it is removed: ``target`` is never
+    left half-written."""
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.staging{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    make_folder(staging)
+    try:
+        yield staging
+        try:
+            if target.exists():
+                old = target.with_name(f".{target.name}.old{os.getpid()}")
+                os.replace(target, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(staging, target)
+        except OSError as err:
+            raise _write_error(target, err) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict:

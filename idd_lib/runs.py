@@ -29,6 +29,7 @@ from .models.pretrained import require_weights_file
 from .paths import cache_root, profile_dir
 from .presets import PROFILES, get_profile
 from .rundir import RESULT, RunFileError, read_metrics, read_result  # noqa: F401  (read_metrics: notebooks' name)
+from .teachers import install_shipped
 
 # The options a teacher takes: everything else configures the student's run.
 TEACHER_OPTIONS = ("data.", "teacher.", "teacher_train.")
@@ -93,10 +94,12 @@ def join_options(options: dict[str, str]) -> str:
 
 
 def ensure_teacher(profile: Profile | str, progress: bool = True, nproc: int = 1,
-                   options: dict[str, str] | None = None) -> tuple[Segmentor, dict[str, Any]]:
+                   options: dict[str, str] | None = None, use_shipped: bool = True) -> tuple[Segmentor, dict[str, Any]]:
     """Train the teacher of ``profile`` with ``options`` (``data.*``, ``teacher.*``,
     ``teacher_train.*``) once, cached by its config digest, and return it with its result;
-    ``nproc`` > 1 trains it data-parallel in that many processes (torchrun)."""
+    ``nproc`` > 1 trains it data-parallel in that many processes (torchrun). A shipped teacher of
+    the same config digest (:mod:`idd_lib.teachers`) is installed instead of training, unless
+    ``use_shipped`` is False."""
     profile, options = _profile(profile), options or {}
     wrong = [key for key in options if not key.startswith(TEACHER_OPTIONS)]
     if wrong:
@@ -104,12 +107,14 @@ def ensure_teacher(profile: Profile | str, progress: bool = True, nproc: int = 1
                          f"{', '.join(g + '*' for g in TEACHER_OPTIONS)} options")
     cfg = teacher_of(apply_overrides(profile.run_config(), options))
     check_run(cfg)
-    return _teacher(profile, cfg, options, progress, nproc)
+    return _teacher(profile, cfg, options, progress, nproc, use_shipped)
 
 
 def _teacher(profile: Profile, cfg: RunConfig, options: dict[str, str], progress: bool,
-             nproc: int) -> tuple[Segmentor, dict[str, Any]]:
+             nproc: int, use_shipped: bool = True) -> tuple[Segmentor, dict[str, Any]]:
     folder = teacher_dir(cfg)
+    if use_shipped and not distributed.active():  # torchrun's ranks find it installed by their launcher
+        install_shipped(cfg, folder)
     if nproc != 1 and not (folder / RESULT).exists() and not distributed.active():
         launch_torchrun(profile, nproc, ["--method", "teacher", "--options", join_options(options)])
     result = train(cfg, folder, progress=progress, extra={"role": "teacher", "profile": profile.name})

@@ -1,0 +1,445 @@
+"""Check a study's fresh results against the reference results the project carries (``make verify``).
+
+``reference/<profile>/`` holds the reference study: ``runs.csv`` (one row per student run: method,
+seed, config digest, validation mIoU, per-class IoU, and the distance-matrix agreement with the
+teacher), ``tables/position_probe.csv`` (the position probe's table) and ``machine.json`` (CPU model,
+threads, torch build, commit, wall times, teacher). ``python -m idd_lib.verify --write-reference``
+writes it from ``results/<profile>/``; ``python -m idd_lib.verify`` compares ``results/<profile>/``
+with it, per method and metric:
+
+* **exact**: every per-seed number equals the reference's to the last digit (expected on the same
+  CPU type, thread count and torch build: the runs are deterministic there);
+* **agree**: the means differ by less than what the two seed spreads explain: Welch's two-sided
+  t-test does not reject equal means at the 5% level, i.e. ``|mean difference| <= t(0.975, df) * SE``
+  with ``SE = sqrt(s_ref^2/n_ref + s_yours^2/n_yours)`` and Welch-Satterthwaite ``df``;
+* **differs** otherwise, or **missing** (a method or seed of the reference that did not run).
+
+It also says which qualitative conclusions hold: the ordering of the methods by mean mIoU, and the
+sign (and significance) of each method's paired difference to the baseline. A conclusion fails
+only where the reference itself is significant (paired t-test, p < 0.05); the exit status is 1
+when a number differs, is missing, or a conclusion fails, and 2 on an error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .config import Profile
+from .paths import profile_dir, project_root
+from .presets import get_profile
+from .report import current_results, paired_difference, results_frame, summarize
+from .teachers import file_sha256
+from .rundir import (MODEL, RESULT, RunFileError, atomic_write_text, now, read_json, read_provenance, read_result,
+                     staged_folder)
+
+ALPHA = 0.05
+RUNS, MACHINE = "runs.csv", "machine.json"
+PROBE = "position_probe"  # the analysis table compared from its means and stds (no per-seed values are kept)
+KEYS = ("method", "seed", "config_digest", "miou")
+PASSING = ("exact", "agree")
+RULE = ("Rule: exact = every per-seed number equals the reference's to the last digit (same CPU type, thread\n"
+        "count and torch build); agree = |difference of the means| <= bound = t(0.975, df) x sqrt(s_ref^2/n_ref +\n"
+        "s_yours^2/n_yours), i.e. Welch's t-test does not reject equal means at 5% (the seed spreads explain the\n"
+        "difference); undetermined = one value on a side and not exact (no spread to judge by; does not fail).\n"
+        "A changed ordering or sign fails only where the reference's paired t-test is significant (p < 0.05).")
+
+
+class VerifyError(ValueError):
+    """Results or a reference that cannot be compared; the message names the file and what was expected."""
+
+
+def reference_dir(profile: str, root: Path | None = None) -> Path:
+    return (root or project_root() / "reference") / profile
+
+
+# --- the per-seed table of a results folder ---------------------------------------------------
+
+def _current(profile: Profile) -> list[dict[str, Any]]:
+    folder = profile_dir(profile.name)
+    if not (folder / "runs").is_dir():
+        raise VerifyError(f"{folder}: no study results here; expected the runs of 'make study PROFILE={profile.name}' "
+                          "(IDD_RESULTS selects another results folder)")
+    results = current_results(profile)
+    if not results:
+        raise VerifyError(f"{folder / 'runs'}: no finished run of the current configuration; "
+                          f"run 'make study PROFILE={profile.name}' first")
+    return results
+
+
+def runs_table(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run: method label, seed, config digest, mIoU, ``iou/<class>`` and ``agreement/<key>``."""
+    rows = []
+    for run in results_frame(results).to_dict("records"):
+        row = {"method": run["label"], "seed": int(run["seed"]), "config_digest": run["config_digest"],
+               "miou": run["miou"]}
+        row.update({f"iou/{name}": value for name, value in zip(run["class_names"], run["per_class_iou"])})
+        row.update({k: v for k, v in run.items() if k.startswith("agreement/")})
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["method", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _unique(values: list[Any]) -> Any:
+    kept = [v for i, v in enumerate(values) if v is not None and v not in values[:i]]
+    return kept[0] if len(kept) == 1 else (kept or None)
+
+
+def machine_record(profile: Profile, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where and how the runs were computed, from their provenance, and the study's wall times."""
+    from .runs import teacher_dir
+
+    provenance = [read_provenance(r["run_dir"]) for r in results]
+    teacher = teacher_dir(profile)
+    teacher_result = read_result(teacher) if (teacher / RESULT).exists() else {}
+    notebooks = _notebook_times(profile_dir(profile.name) / "notebooks")
+    return {
+        "profile": profile.name, "written": now(),
+        "machine": _unique([p.get("machine") for p in provenance]),
+        "commit": _unique([p.get("git", {}).get("commit") for p in provenance]),
+        "dirty": any(p.get("git", {}).get("dirty", False) for p in provenance),
+        "versions": _unique([p.get("versions") for p in provenance]),
+        "teacher": {"config_digest": teacher_result.get("config_digest"), "miou": teacher_result.get("miou"),
+                    "wall_time_s": teacher_result.get("wall_time_s"),
+                    "source": "shipped" if "source" in read_provenance(teacher) else "trained",
+                    "model_sha256": file_sha256(teacher / MODEL) if (teacher / MODEL).is_file() else None},
+        "runs": len(results), "runs_wall_time_s": sum(r.get("wall_time_s", 0.0) for r in results),
+        "study_wall_time_s": sum(notebooks.values()) if notebooks else None, "notebooks_s": notebooks,
+    }
+
+
+def _notebook_times(folder: Path) -> dict[str, float]:
+    """Each executed study notebook's papermill duration (seconds)."""
+    times = {}
+    for path in sorted(folder.glob("*.ipynb")):
+        if path.stem.endswith((".running", ".failed")):
+            continue
+        try:
+            duration = json.loads(path.read_text())["metadata"]["papermill"]["duration"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(duration, (int, float)):
+            times[path.stem] = round(float(duration), 1)
+    return times
+
+
+def write_reference(profile: Profile | str, root: Path | None = None) -> Path:
+    """Write ``reference/<profile>/`` from ``results/<profile>/``: runs.csv, the probe table, machine.json."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    results = _current(profile)
+    probe = profile_dir(profile.name) / "tables" / f"{PROBE}.csv"
+    with staged_folder(reference_dir(profile.name, root)) as staging:
+        runs_table(results).to_csv(staging / RUNS, index=False)
+        if probe.is_file():
+            (staging / "tables").mkdir()
+            shutil.copyfile(probe, staging / "tables" / probe.name)
+        atomic_write_text(staging / MACHINE, json.dumps(machine_record(profile, results), indent=2) + "\n")
+    return reference_dir(profile.name, root)
+
+
+# --- reading a reference ---------------------------------------------------------------------
+
+def _read_csv(path: Path, required: tuple[str, ...], numeric: tuple[str, ...]) -> pd.DataFrame:
+    remedy = "restore it from git or write it again (python -m idd_lib.verify --write-reference)"
+    try:
+        # pandas' parser reads back the exact number written (tests/test_verify.py checks): "exact" is to the last digit
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise VerifyError(f"{path}: missing; expected the reference's table; {remedy}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        reason = next(iter(str(err).strip().splitlines()), type(err).__name__)
+        raise VerifyError(f"{path}: damaged CSV ({reason}); {remedy}") from None
+    missing = [c for c in required if c not in table]
+    if missing:
+        raise VerifyError(f"{path}: no column {', '.join(missing)}; expected {', '.join(required)}; {remedy}")
+    for column in numeric:
+        if not pd.api.types.is_numeric_dtype(table[column]):
+            raise VerifyError(f"{path}: column {column} holds something else than numbers; {remedy}")
+    return table
+
+
+def load_reference(folder: Path) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame | None]:
+    """The reference's runs, machine record and probe table (None when it has none)."""
+    if not folder.is_dir():
+        raise VerifyError(f"{folder}: no reference results; expected {RUNS} and {MACHINE} "
+                          "(python -m idd_lib.verify --write-reference writes them from a results folder)")
+    runs = _read_csv(folder / RUNS, KEYS, ("seed", "miou"))
+    try:
+        machine = read_json(folder / MACHINE, "restore it from git or write the reference again")
+    except FileNotFoundError:
+        raise VerifyError(f"{folder / MACHINE}: missing; expected the reference's machine record") from None
+    except RunFileError as err:
+        raise VerifyError(str(err)) from None
+    probe = folder / "tables" / f"{PROBE}.csv"
+    return runs, machine, _read_csv(probe, ("network", "seeds", "mean"), ("mean",)) if probe.exists() else None
+
+
+# --- comparing --------------------------------------------------------------------------------
+
+def welch(reference: tuple[float, float, int], yours: tuple[float, float, int]) -> tuple[float, float, float]:
+    """Difference of means (yours - reference), the half-width of its 95% Welch interval and the
+    two-sided p-value, from (mean, std, n) of each side; NaN bound and p below 2 values on a side."""
+    (m_r, s_r, n_r), (m_u, s_u, n_u) = reference, yours
+    delta = m_u - m_r
+    if n_r < 2 or n_u < 2:
+        return delta, math.nan, math.nan
+    v_r, v_u = s_r**2 / n_r, s_u**2 / n_u
+    if v_r + v_u == 0:
+        return delta, 0.0, 1.0 if delta == 0 else 0.0
+    df = (v_r + v_u) ** 2 / (v_r**2 / (n_r - 1) + v_u**2 / (n_u - 1))
+    p = stats.ttest_ind_from_stats(m_u, s_u, n_u, m_r, s_r, n_r, equal_var=False).pvalue
+    return delta, float(stats.t.ppf(0.975, df) * math.sqrt(v_r + v_u)), float(p)
+
+
+def _spread(values: pd.Series) -> tuple[float, float, int]:
+    values = values.dropna().astype(float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan, len(values)
+
+
+def _show(mean: float, std: float, n: int, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Every number equal, NaN where the other has NaN."""
+    return a.shape == b.shape and bool(((a == b) | (a.isna() & b.isna())).all().all())
+
+
+def _verdict(ref: tuple[float, float, int], yours: tuple[float, float, int], exact: bool) -> tuple[str, float, float]:
+    delta, bound, p = welch(ref, yours)
+    if exact:
+        return "exact", bound, p
+    if math.isnan(p):
+        return "undetermined", bound, p
+    return ("agree" if p >= ALPHA else "differs"), bound, p
+
+
+def _problem(ref: pd.DataFrame, yours: pd.DataFrame) -> str | None:
+    """Why a method's runs cannot be compared: missing seeds, or runs of another configuration."""
+    if yours.empty:
+        return "missing: no run of this method in your results"
+    lost = sorted(set(ref["seed"]) - set(yours["seed"]))
+    if lost:
+        return f"missing seeds {', '.join(map(str, lost))}"
+    theirs = ref.set_index("seed")["config_digest"]
+    digests = yours.set_index("seed")["config_digest"].reindex(theirs.index)
+    other = theirs != digests
+    if other.any():
+        seed = other[other].index[0]
+        return f"another config (seed {seed}: {digests[seed]}, reference {theirs[seed]})"
+    return None
+
+
+def compare_runs(ref: pd.DataFrame, yours: pd.DataFrame, column: str, exact_columns: list[str],
+                 digits: int = 2) -> pd.DataFrame:
+    """Per reference method: seeds, both mean ± std of ``column``, difference, bound, p and verdict;
+    exact when every ``exact_columns`` number of every reference seed matches."""
+    rows = []
+    for method, theirs in ref.groupby("method", sort=False):
+        mine = yours[yours["method"] == method]
+        problem = _problem(theirs, mine)
+        r = _spread(theirs[column])
+        row = {"method": method, "reference": _show(*r, digits)}
+        if problem is not None:
+            rows.append({**row, "yours": "", "verdict": problem})
+            continue
+        u = _spread(mine[column])
+        cols = [c for c in exact_columns if c in theirs and c in mine]
+        exact = _same(theirs.set_index("seed")[cols].sort_index(), mine.set_index("seed")[cols].sort_index())
+        verdict, bound, p = _verdict(r, u, exact)
+        rows.append({**row, "seeds": f"{r[2]}/{u[2]}", "yours": _show(*u, digits), "difference": u[0] - r[0],
+                     "bound (95%)": bound, "p (Welch)": p, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["method", "seeds", "reference", "yours", "difference", "bound (95%)",
+                                       "p (Welch)", "verdict"])
+
+
+def compare_probe(ref: pd.DataFrame, yours: pd.DataFrame | None) -> pd.DataFrame:
+    """The position probe's mean R² per network, from the two tables' means, stds and seed counts."""
+    rows = []
+    for record in ref.to_dict("records"):
+        name = record["network"]
+        mine = yours[yours["network"] == name] if yours is not None else pd.DataFrame()
+        row = {"method": name, "reference": _show(record["mean"], record.get("mean std", math.nan), record["seeds"], 3)}
+        if mine.empty:
+            rows.append({**row, "yours": "", "verdict": "missing: not in your tables/position_probe.csv"})
+            continue
+        other = mine.iloc[0]
+        r = (record["mean"], record.get("mean std", math.nan), int(record["seeds"]))
+        u = (other["mean"], other.get("mean std", math.nan), int(other["seeds"]))
+        exact = r[0] == u[0] and (r[1] == u[1] or math.isnan(r[1]) and math.isnan(u[1])) and r[2] == u[2]
+        verdict, bound, p = _verdict(r, u, exact)
+        rows.append({**row, "seeds": f"{r[2]}/{u[2]}", "yours": _show(*u, 3), "difference": u[0] - r[0],
+                     "bound (95%)": bound, "p (Welch)": p, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["method", "seeds", "reference", "yours", "difference", "bound (95%)",
+                                       "p (Welch)", "verdict"])
+
+
+# --- qualitative conclusions -----------------------------------------------------------------
+
+def _by_seed(table: pd.DataFrame) -> dict[str, pd.Series]:
+    return {m: g.set_index("seed")["miou"].astype(float) for m, g in table.groupby("method", sort=False)}
+
+
+def ordering(ref: pd.DataFrame, yours: pd.DataFrame) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Both orderings of the shared methods by mean mIoU, and each pair the reference ranks a > b
+    that yours ranks the other way, with the reference's paired p-value of a - b."""
+    theirs, mine = _by_seed(ref), _by_seed(yours)
+    shared = [m for m in theirs if m in mine]
+    ref_order = sorted(shared, key=lambda m: -theirs[m].mean())
+    your_order = sorted(shared, key=lambda m: -mine[m].mean())
+    flips = []
+    for i, above in enumerate(ref_order):
+        for below in ref_order[i + 1:]:
+            if mine[above].mean() < mine[below].mean():
+                _, p = paired_difference(theirs[above], theirs[below])
+                flips.append({"above": above, "below": below, "p_reference": p,
+                              "fails": bool(p < ALPHA)})
+    return ref_order, your_order, flips
+
+
+def signs(ref: pd.DataFrame, yours: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
+    """Per method: the paired difference to the baseline and its p-value in the reference and in
+    yours, whether the sign holds, and whether a change fails (the reference was significant)."""
+    columns = ["method", "reference", "yours", "sign", "significance", "fails"]
+    if baseline not in set(ref["method"]) or baseline not in set(yours["method"]):
+        return pd.DataFrame(columns=columns)
+    theirs, mine = (summarize(t.assign(label=t["method"]), baseline).set_index("method") for t in (ref, yours))
+    rows = []
+    for method in theirs.index.drop(baseline):
+        if method not in mine.index:
+            continue
+        (d_r, p_r), (d_u, p_u) = ((t.loc[method, "delta_vs_baseline"], t.loc[method, "p_vs_baseline"])
+                                  for t in (theirs, mine))
+        holds = np.sign(d_r) == np.sign(d_u)
+        rows.append({"method": method, "reference": _delta(d_r, p_r), "yours": _delta(d_u, p_u),
+                     "sign": "holds" if holds else "changes", "significance": _significance(p_r, p_u),
+                     "fails": bool(not holds and p_r < ALPHA)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _delta(delta: float, p: float) -> str:
+    return f"{delta:+.2f} (p {p:.3f})" if not math.isnan(p) else f"{delta:+.2f}"
+
+
+def _significance(p_ref: float, p_yours: float) -> str:
+    ref, mine = p_ref < ALPHA, p_yours < ALPHA
+    return {(True, True): "significant in both", (False, False): "significant in neither",
+            (True, False): "significant in the reference only", (False, True): "significant in yours only"}[(ref, mine)]
+
+
+# --- the report ------------------------------------------------------------------------------
+
+def _machine_line(name: str, record: dict[str, Any]) -> str:
+    machine = record.get("machine") or {}
+    if isinstance(machine, list):
+        return f"{name}: several machines ({len(machine)}), commit {record.get('commit')}"
+    return (f"{name}: {machine.get('cpu', 'unknown CPU')}, {machine.get('threads', '?')} threads, torch "
+            f"{machine.get('torch', '?')}, commit {str(record.get('commit'))[:10]}"
+            + (f", study {record['study_wall_time_s']:.0f} s" if record.get("study_wall_time_s") else ""))
+
+
+def _teacher_line(reference: dict[str, Any], yours: dict[str, Any]) -> str:
+    """Both teachers, and whether their weights are the same file (the shipped teacher on both sides)."""
+    def show(record: dict[str, Any]) -> str:
+        teacher = record.get("teacher") or {}
+        miou = teacher.get("miou")
+        return (f"{teacher.get('config_digest')} val mIoU {miou:.2f} ({teacher.get('source')})" if miou is not None
+                else "none found")
+    hashes = [(record.get("teacher") or {}).get("model_sha256") for record in (reference, yours)]
+    same = ("; the same weights" if hashes[0] == hashes[1] else "; OTHER weights: your students learn from another "
+            "teacher") if all(hashes) else ""
+    return f"teacher: reference {show(reference)}; yours {show(yours)}{same}"
+
+
+def _same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("cpu", "threads", "torch")
+    return all(isinstance(m, dict) for m in (a.get("machine"), b.get("machine"))) and all(
+        a["machine"].get(k) == b["machine"].get(k) for k in keys)
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """Numbers to 3 decimals (NaN: blank); text as written (tabulate would reformat "26.05" as a number)."""
+    def cell(value: Any) -> Any:
+        return ("" if math.isnan(value) else f"{value:.3f}") if isinstance(value, float) else value
+    return frame.map(cell).to_markdown(index=False, disable_numparse=True) if len(frame) else "(nothing to compare)"
+
+
+def verify(profile: Profile | str, root: Path | None = None) -> tuple[str, bool]:
+    """The comparison of ``results/<profile>/`` with ``reference/<profile>/`` as text, and whether it passes."""
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    results = _current(profile)
+    ref_runs, ref_machine, ref_probe = load_reference(reference_dir(profile.name, root))
+    mine, my_machine = runs_table(results), machine_record(profile, results)
+    exact_columns = [c for c in ref_runs if c not in ("method", "seed", "config_digest")]
+    tables = {"Validation mIoU (%)": compare_runs(ref_runs, mine, "miou", exact_columns)}
+    if "agreement/pearson" in ref_runs:
+        tables["Distance-matrix Pearson r with the teacher"] = compare_runs(
+            ref_runs, mine, "agreement/pearson", [c for c in exact_columns if c.startswith("agreement/")], 3)
+    if ref_probe is not None:
+        my_probe_path = profile_dir(profile.name) / "tables" / f"{PROBE}.csv"
+        my_probe = _read_csv(my_probe_path, ("network", "seeds", "mean"), ("mean",)) if my_probe_path.exists() else None
+        tables["Position probe mean R²"] = compare_probe(ref_probe, my_probe)
+    ref_order, your_order, flips = ordering(ref_runs, mine)
+    sign_table = signs(ref_runs, mine)
+    failing = [f"{row['method']} ({title})" for title, t in tables.items() for row in t.to_dict("records")
+               if row["verdict"] not in (*PASSING, "undetermined")]
+    failing += [f"{f['above']} above {f['below']} (ordering)" for f in flips if f["fails"]]
+    failing += [f"{m} vs baseline (sign)" for m in sign_table.loc[sign_table["fails"].astype(bool), "method"]]
+    lines = [f"Reproduction check of profile {profile.name!r}: {profile_dir(profile.name)} against "
+             f"{reference_dir(profile.name, root)}", _machine_line("reference", ref_machine),
+             _machine_line("yours    ", my_machine), _teacher_line(ref_machine, my_machine),
+             "Same CPU type, thread count and torch build: expect 'exact'." if _same_machine(ref_machine, my_machine)
+             else "Another CPU type, thread count or torch build: expect 'agree' (within the seed spread), not 'exact'.",
+             RULE, ""]
+    for title, frame in tables.items():
+        lines += [f"## {title}", "", _table(frame), ""]
+    lines += _conclusion_lines(ref_order, your_order, flips, sign_table)
+    lines.append("Reproduced." if not failing else f"NOT reproduced: {'; '.join(failing)}.")
+    return "\n".join(lines), not failing
+
+
+def _conclusion_lines(ref_order: list[str], your_order: list[str], flips: list[dict[str, Any]],
+                      sign_table: pd.DataFrame) -> list[str]:
+    lines = ["## Qualitative conclusions", "", f"Ordering by mean mIoU, reference: {' > '.join(ref_order)}",
+             f"Ordering by mean mIoU, yours:     {' > '.join(your_order)}"]
+    if not flips:
+        lines.append("The ordering holds.")
+    for flip in flips:
+        lines.append(f"- {flip['above']} above {flip['below']} does not hold (reference paired p "
+                     f"{flip['p_reference']:.3f}: " + ("significant there: fails)" if flip["fails"]
+                                                        else "not significant there: within noise)"))
+    lines += ["", "Paired difference to the baseline (mean over shared seeds, paired t-test):", "",
+              _table(sign_table.assign(fails=sign_table["fails"].map({True: "FAILS", False: ""}))), ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m idd_lib.verify", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="default", help="the profile whose results to check")
+    parser.add_argument("--write-reference", action="store_true",
+                        help="write reference/<profile>/ from results/<profile>/ instead of checking")
+    parser.add_argument("--reference-root", type=Path, default=None,
+                        help="the folder holding <profile>/ reference folders (default: reference/ in the project)")
+    args = parser.parse_args(argv)
+    try:
+        if args.write_reference:
+            folder = write_reference(args.profile, args.reference_root)
+            print(f"reference written: {folder} ({len(pd.read_csv(folder / RUNS))} runs)")
+            return 0
+        text, passed = verify(args.profile, args.reference_root)
+    except (VerifyError, ValueError, RunFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
