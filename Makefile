@@ -34,13 +34,14 @@ tune: $(STAMP)
 	  --trials $(TRIALS) --tune-seeds $(TUNE_SEEDS) --seeds $(SEEDS)
 
 # the profile's teacher trained here from scratch (never the shipped one), into results/cache/teachers/;
-# RETRAIN=1 also replaces one trained here before
+# RETRAIN=1 also replaces one trained here before; PRIOR=0 (or 2): the teacher of the prior sweep at that prior
 teacher: $(STAMP)
-	$(PY) -m idd_lib.teachers train --profile $(PROFILE) --options "$(OPTIONS)" $(if $(RETRAIN),--retrain)
+	$(PY) -m idd_lib.teachers train --profile $(PROFILE) --options "$(OPTIONS)" $(if $(RETRAIN),--retrain) \
+	  $(if $(PRIOR),--prior $(PRIOR))
 
 # that trained teacher written into the package (idd_lib/teachers/<profile>/) with its manifest
 ship-teacher: $(STAMP)
-	$(PY) -m idd_lib.teachers ship --profile $(PROFILE) --options "$(OPTIONS)"
+	$(PY) -m idd_lib.teachers ship --profile $(PROFILE) --options "$(OPTIONS)" $(if $(PRIOR),--prior $(PRIOR))
 
 # results/<profile>/ compared with the reference results reference/<profile>/ (exit 1: not reproduced)
 verify: $(STAMP)

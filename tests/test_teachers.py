@@ -241,6 +241,21 @@ def test_every_shipped_teacher_is_the_current_teacher_of_its_profile():
         pytest.skip("no teacher ships in this tree yet (make teacher, make ship-teacher)")
     for path in found:
         manifest = teachers.read_manifest(path)
-        cfg = presets.get_profile(manifest["profile"]).configure(manifest["options"]).teacher_config()
+        base = manifest.get("base_profile", manifest["profile"])
+        cfg = teachers_cli.resolve(base, manifest["options"], manifest.get("prior"))[0].teacher_config()
         assert manifest["config_digest"] == cfg.digest(), f"{path}: stale; retrain and re-ship the teacher"
         teachers.check_artifact(path.parent, cfg)
+
+
+def test_a_sweep_teacher_ships_under_its_prior_and_is_found_by_its_digest(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDD_RESULTS", str(tmp_path / "results"))
+    profile, name = teachers_cli.resolve("quick", "teacher_train.iterations=2", 0.0)
+    assert name == "quick-prior0" and profile.data.synthetic.position_prior == 0.0
+    runs.ensure_teacher(profile, progress=False, use_shipped=False)
+    shipped = teachers.ship(profile.teacher_config(), runs.teacher_dir(profile), name, root=tmp_path / "teachers",
+                            options=dict(profile.options), base=("quick", 0.0))
+    manifest = teachers.read_manifest(shipped / teachers.MANIFEST)
+    assert (manifest["base_profile"], manifest["prior"]) == ("quick", 0.0)
+    again = teachers_cli.resolve(manifest["base_profile"], manifest["options"], manifest["prior"])[0]
+    assert again.teacher_config().digest() == manifest["config_digest"]
+    assert teachers.find_shipped(manifest["config_digest"], tmp_path / "teachers") == shipped

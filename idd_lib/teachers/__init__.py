@@ -160,9 +160,10 @@ def is_installed_copy(folder: Path) -> bool:
 
 
 def ship(cfg: RunConfig, trained: Path, name: str, root: Path | None = None,
-         options: dict[str, str] | None = None) -> Path:
+         options: dict[str, str] | None = None, base: tuple[str, float | None] | None = None) -> Path:
     """Write the teacher trained in cache folder ``trained`` (config ``cfg``: profile ``name`` with
-    ``options``) as the shipped teacher ``<root>/<name>/`` with its manifest; returns that folder.
+    ``options``; ``base``: the registered profile and sweep prior it resolves from, when ``name`` is
+    not one) as the shipped teacher ``<root>/<name>/`` with its manifest; returns that folder.
     Refused for a folder that is itself an installed copy, or whose files do not match ``cfg``."""
     trained = Path(trained)
     if not (trained / RESULT).exists():
@@ -181,6 +182,8 @@ def ship(cfg: RunConfig, trained: Path, name: str, root: Path | None = None,
             shutil.copyfile(trained / file, staging / file)
         manifest = _manifest(name, options or {}, digest, config, result, read_provenance(trained),
                              {file: file_sha256(staging / file) for file in FILES})
+        if base and base[1] is not None:
+            manifest = {"base_profile": base[0], "prior": base[1], **manifest}
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return target
 

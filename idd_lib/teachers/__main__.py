@@ -3,6 +3,9 @@
     python -m idd_lib.teachers train --profile default [--retrain]  # make teacher [RETRAIN=1]: from scratch, into the cache
     python -m idd_lib.teachers ship --profile default    # make ship-teacher: cache folder -> idd_lib/teachers/default/
     python -m idd_lib.teachers check                     # every shipped teacher's files against its manifest
+
+``--prior P`` does the same for the teacher of the position-prior sweep at ``P`` (shipped as
+``idd_lib/teachers/<profile>-prior<P>/``; at prior 1 the sweep uses the profile's own teacher).
 """
 from __future__ import annotations
 
@@ -13,15 +16,27 @@ import sys
 from . import MANIFEST, ShippedTeacherError, check_artifact, is_installed_copy, read_manifest, ship, teachers_root
 
 
-def train(profile_name: str, options: str, retrain: bool = False) -> None:
+def resolve(profile_name: str, options: str | dict[str, str], prior: float | None):
+    """The profile whose teacher is meant, and its shipped folder's name: the profile's own, or its
+    prior sweep's copy at ``prior``."""
+    from ..config import parse_assignments
+    from ..presets import get_profile
+
+    options = parse_assignments(options, "options") if isinstance(options, str) else options
+    profile = get_profile(profile_name).configure(options)
+    if prior is None:
+        return profile, profile_name
+    return profile.sweep_profile(prior), f"{profile_name}-prior{prior:g}"
+
+
+def train(profile_name: str, options: str, retrain: bool = False, prior: float | None = None) -> None:
     """Train the profile's teacher here, never from the shipped file: an installed copy of the
     shipped teacher in the cache is removed first (the package can install it again at any time);
     a teacher already trained here is kept, unless ``retrain`` (then it is trained again from scratch)."""
-    from ..presets import study_profile
     from ..rundir import RESULT, read_result
     from ..runs import ensure_teacher, teacher_dir
 
-    profile = study_profile(profile_name, options)
+    profile, _ = resolve(profile_name, options, prior)
     folder = teacher_dir(profile)
     if folder.exists() and (retrain or is_installed_copy(folder)):
         what = "the installed copy of the shipped teacher" if is_installed_copy(folder) else "the earlier teacher"
@@ -36,13 +51,13 @@ def train(profile_name: str, options: str, retrain: bool = False) -> None:
           f"in {folder}", flush=True)
 
 
-def ship_profile(profile_name: str, options: str) -> None:
-    from ..presets import study_profile
+def ship_profile(profile_name: str, options: str, prior: float | None = None) -> None:
     from ..provenance import git_state
     from ..runs import teacher_dir
 
-    profile = study_profile(profile_name, options)
-    target = ship(profile.teacher_config(), teacher_dir(profile), profile_name, options=dict(profile.options))
+    profile, name = resolve(profile_name, options, prior)
+    target = ship(profile.teacher_config(), teacher_dir(profile), name, options=dict(profile.options),
+                  base=(profile_name, prior))
     manifest = read_manifest(target / MANIFEST)
     size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
     print(f"shipped: {target} ({size:.1f} MiB): teacher {manifest['config_digest']}, val mIoU "
@@ -54,12 +69,11 @@ def ship_profile(profile_name: str, options: str) -> None:
 
 def check_all() -> int:
     """Check every shipped teacher against the config its profile resolves to today."""
-    from ..presets import get_profile
-
     found = sorted(teachers_root().glob(f"*/{MANIFEST}"))
     for path in found:
         manifest = read_manifest(path)
-        cfg = get_profile(manifest["profile"]).configure(manifest.get("options") or {}).teacher_config()
+        base = manifest.get("base_profile", manifest["profile"])
+        cfg = resolve(base, manifest.get("options") or {}, manifest.get("prior"))[0].teacher_config()
         if cfg.digest() != manifest["config_digest"]:
             print(f"{path.parent}: teacher {manifest['config_digest']}, but profile {manifest['profile']!r} now "
                   f"resolves to {cfg.digest()}: it will not be used; retrain and re-ship it")
@@ -77,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default", help="the profile whose teacher to train or ship")
     parser.add_argument("--options", default="", help="profile options (data.*, teacher.*, teacher_train.*)")
     parser.add_argument("--retrain", action="store_true", help="train: also replace a teacher already trained here")
+    parser.add_argument("--prior", type=float, default=None,
+                        help="the teacher of the profile's position-prior sweep at this prior")
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            train(args.profile, args.options, args.retrain)
+            train(args.profile, args.options, args.retrain, args.prior)
         elif args.command == "ship":
-            ship_profile(args.profile, args.options)
+            ship_profile(args.profile, args.options, args.prior)
         else:
             return check_all()
     except (ShippedTeacherError, ValueError, FileNotFoundError) as err:
