@@ -3,6 +3,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PROFILE ?= default
 OPTIONS ?=
+# how the grids of 03_ablation and 07_position train (idd_lib.sweep; docs/speed-and-scale.md measures them)
+EXECUTOR ?= local
+WORKERS ?= 2
+THREADS ?=
 PY := $(VENV)/bin/python
 # exact versions of every package the reference results were produced with (make lock rewrites it)
 LOCK := requirements/lock.txt
@@ -21,7 +25,8 @@ $(STAMP): pyproject.toml $(LOCK)
 install: $(STAMP)
 
 study: $(STAMP)
-	$(PY) -m idd_lib.study --profile $(PROFILE) --options "$(OPTIONS)"
+	$(PY) -m idd_lib.study --profile $(PROFILE) --options "$(OPTIONS)" --executor "$(EXECUTOR)" \
+		--workers "$(or $(WORKERS),0)" --threads "$(or $(THREADS),0)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

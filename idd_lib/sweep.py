@@ -63,10 +63,25 @@ class SlurmOptions:
     time_min: int = 60           # time limit per job in minutes; a timed-out job is requeued and resumes
     cpus_per_task: int = 0       # 0: the sweep's threads (times nproc)
     gpus: int = 0                # GPUs per job; nproc > 1 asks for at least nproc
-    mem_gb: float = 0            # memory per job in GB; 0: the cluster's default
+    mem_gb: float = 0.0          # memory per job in GB; 0: the cluster's default
     sbatch: str = ""             # extra sbatch flags, e.g. "--qos=high --account=lab"
     array_parallelism: int = 0   # > 0: the runs as one job array, at most this many at once
     max_requeues: int = 3        # requeues after a timeout or preemption (submitit's max_num_timeout)
+
+
+def slurm_options(text: str) -> SlurmOptions:
+    """``"partition=gpu,time_min=120,sbatch=--qos=high"`` (the notebooks' ``slurm`` parameter) as options."""
+    fields = {f.name: f for f in dataclasses.fields(SlurmOptions)}
+    values: dict[str, Any] = {}
+    for key, value in parse_assignments(text, "slurm").items():
+        if key not in fields:
+            raise ValueError(f"slurm: unknown option {key!r}; expected one of {', '.join(fields)}")
+        kind = type(fields[key].default)
+        try:
+            values[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"slurm: {key} expects {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    return SlurmOptions(**values)
 
 
 # ---------------------------------------------------------------- one run, where it is trained
