@@ -197,6 +197,26 @@ def test_a_killed_worker_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypa
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_the_workers_cleanly_and_the_next_call_continues(tmp_path, monkeypatch):
+    options = SHORT + ",train.iterations=60,train.checkpoint_every=4"
+    command = [sys.executable, "-m", "idd_lib.sweep", "--profile", "quick", "--options", options, "--methods", "kd",
+               "--seeds", "0", "--executor", "local", "--threads", "1", "--no-progress"]
+    profile = presets.study_profile("quick", options)
+    folder = sweep.run_folder(profile, study.ablation_grid(profile, "kd", "0")[0])
+    sweeping = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (folder / CHECKPOINT).exists() and time.time() < deadline:
+        time.sleep(0.2)
+    worker = read_claim(folder)["pid"]
+    os.killpg(sweeping.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+    _, err = sweeping.communicate(timeout=120)
+    assert sweeping.returncode == 130 and "interrupted: finished runs are kept" in err
+    assert not sweep.pid_alive(worker) and not (folder / CLAIM).exists() and not (folder / RESULT).exists()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and " resumed " in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_two_concurrent_sweeps_train_every_run_and_the_teacher_once(tmp_path, monkeypatch):
     profile = short_profile()
     grid = study.ablation_grid(profile, "baseline,kd", "0")
@@ -258,3 +278,23 @@ def test_a_grid_through_slurm_gives_the_inline_numbers(slurm_cluster, tmp_path, 
     assert list(table["state"]) == ["done"] * 4 and slurm == inline
     for log in table["log"]:
         assert Path(log).parent.name == "slurm" and Path(log).parent.parent.name in set(table["run"])
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_cancelled_job_resumes_to_the_uninterrupted_numbers(slurm_cluster, tmp_path, monkeypatch):
+    profile = short_profile("train.iterations=60,train.checkpoint_every=4")
+    grid = study.ablation_grid(profile, "kd", "0")
+    reference, _ = sweep_numbers(profile, grid, tmp_path / "reference", monkeypatch, executor="local", threads=1)
+    monkeypatch.setenv("IDD_RESULTS", str(tmp_path / "cancelled"))
+    folder = sweep.run_folder(profile, grid[0])
+    tables: list = []
+    thread = _sweep_in_thread(profile, grid, tables, executor="slurm", threads=1)
+    deadline = time.time() + 600
+    while not (folder / CHECKPOINT).exists() and time.time() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scancel", read_claim(folder)["slurm_job"]], check=True)
+    thread.join()
+    assert list(tables[0]["state"]) == ["failed"] and "ended without a result" in tables[0]["error"][0]
+    resumed, table = sweep_numbers(profile, grid, tmp_path / "cancelled", monkeypatch, executor="slurm", threads=1)
+    assert list(table["state"]) == ["resumed"] and resumed == reference
