@@ -137,9 +137,15 @@ def execute_run(profile: Profile, run: dict[str, Any], threads: int | None = Non
 
 # ---------------------------------------------------------------- claims
 
+def current_slurm_job() -> str:
+    """This process's Slurm job as squeue names it (``123``, or ``120_3`` for a task of an array)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
+
+
 def claim_holder() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": now(),
-            "slurm_job": os.environ.get("SLURM_JOB_ID", ""), "thread": threading.get_ident()}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": now(), "slurm_job": current_slurm_job(),
+            "thread": threading.get_ident()}
 
 
 def pid_alive(pid: int) -> bool:
@@ -172,7 +178,7 @@ def claim_alive(claim: dict[str, Any]) -> bool:
     this host; a claim of another host without a Slurm job cannot be checked and counts as live."""
     job = claim.get("slurm_job", "")
     if job and shutil.which("squeue"):
-        return job != os.environ.get("SLURM_JOB_ID") and job in slurm_jobs_alive([job])
+        return job != current_slurm_job() and job in slurm_jobs_alive([job])
     if claim.get("host") == socket.gethostname():
         return isinstance(claim.get("pid"), int) and pid_alive(claim["pid"])
     return bool(claim.get("host"))  # a torn claim (no holder written) is stale
@@ -491,7 +497,8 @@ def run_sweep(profile: Profile | str, grid: list[dict[str, Any]], executor: str 
             rows[index] = table_row(profile, run, {"state": "skipped", "wall_s": 0.0, "log": "", "error": ""})
         else:
             pending.append({**run, "index": index})
-    chosen.check()
+    if pending:
+        chosen.check()
     for options in teacher_option_sets(pending):  # here, once: no two workers race on a teacher's cache
         prepare_teacher(profile, options, progress, nproc)
     bar = tqdm(total=len(grid), initial=len(rows), desc=f"sweep ({executor})", unit="run", disable=not progress,
@@ -503,7 +510,8 @@ def run_sweep(profile: Profile | str, grid: list[dict[str, Any]], executor: str 
         bar.set_postfix(failed=sum(row["state"] == "failed" for row in rows.values()), refresh=False)
 
     try:
-        chosen.dispatch(profile, pending, report)
+        if pending:
+            chosen.dispatch(profile, pending, report)
     finally:
         bar.close()
     table = pd.DataFrame([rows[i] for i in sorted(rows)], columns=COLUMNS)

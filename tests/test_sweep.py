@@ -112,6 +112,9 @@ def test_a_claim_of_a_slurm_job_is_live_while_squeue_lists_it(tmp_path, monkeypa
     assert not sweep.claim_alive({"host": "elsewhere", "pid": 1, "slurm_job": "78"})
     monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued: its own claim
     assert not sweep.claim_alive({"host": "elsewhere", "pid": 1, "slurm_job": "77"})
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")  # a task of an array goes by squeue's name for it
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    assert sweep.claim_holder()["slurm_job"] == "70_7"
 
 
 # ---------------------------------------------------------------- fast: what a Slurm job asks for
@@ -298,3 +301,18 @@ def test_a_cancelled_job_resumes_to_the_uninterrupted_numbers(slurm_cluster, tmp
     assert list(tables[0]["state"]) == ["failed"] and "ended without a result" in tables[0]["error"][0]
     resumed, table = sweep_numbers(profile, grid, tmp_path / "cancelled", monkeypatch, executor="slurm", threads=1)
     assert list(table["state"]) == ["resumed"] and resumed == reference
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_job_array_runs_the_grid_and_a_rerun_skips_it(slurm_cluster, monkeypatch):
+    profile = short_profile()
+    grid = study.ablation_grid(profile, "baseline,kd", "0")
+    options = sweep.SlurmOptions(array_parallelism=1)
+    table = sweep.run_sweep(profile, grid, executor="slurm", threads=1, slurm=options, progress=False)
+    assert list(table["state"]) == ["done", "done"]
+    logs = [Path(log) for log in table["log"]]
+    assert all(log.parent == Path(os.environ["IDD_RESULTS"]) / "quick" / "slurm" and log.is_file() for log in logs)
+    assert len({log.name.split("_")[0] for log in logs}) == 1  # one array job, one task per run
+    again = sweep.run_sweep(profile, grid, executor="slurm", threads=1, slurm=options, progress=False)
+    assert list(again["state"]) == ["skipped", "skipped"]
