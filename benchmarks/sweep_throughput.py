@@ -76,10 +76,12 @@ def main() -> None:
                "teacher_s": round(teacher_s, 1), "settings": rows}
     print(f"profile {profile.name} ({args.options or 'as preset'}), {len(grid)} runs, {os.cpu_count()} CPUs; "
           f"teacher once: {teacher_s:.0f} s")
-    print(f"{'setting':<12} {'runs/hour':>9} {'wall s':>7} {'train s/run':>11} {'setup s/run':>11} {'process s/run':>13}")
+    header = ("runs/hour", "wall s", "train s/run", "setup s/run", "process s/run")
+    print(f"{'setting':<12} " + " ".join(f"{name:>13}" for name in header))
     for row in rows:
-        print(f"{row['setting']:<12} {row['runs_per_hour']:>9} {row['wall_s']:>7} {row['train_s_per_run']:>11} "
-              f"{row['setup_s_per_run']:>11} {row['process_s_per_run']:>13}")
+        values = (row["runs_per_hour"], row["wall_s"], row["train_s_per_run"], row["setup_s_per_run"],
+                  row["process_s_per_run"])
+        print(f"{row['setting']:<12} " + " ".join(f"{value:>13}" for value in values))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
 

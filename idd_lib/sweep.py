@@ -80,7 +80,8 @@ def slurm_options(text: str) -> SlurmOptions:
         try:
             values[key] = kind(value)
         except ValueError:
-            raise ValueError(f"slurm: {key} expects {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+            noun = "an integer" if kind is int else "a number"
+            raise ValueError(f"slurm: {key} expects {noun}, got {value!r}") from None
     return SlurmOptions(**values)
 
 
@@ -399,8 +400,11 @@ class SlurmExecutor:
             with executor.batch():
                 jobs = [executor.submit(job, *arguments) for job, arguments in calls]
             return list(zip(jobs, pending))
-        return [(self.executor(run_folder(profile, run) / SLURM_LOGS, run_folder(profile, run).name).submit(job, *arguments),
-                 run) for (job, arguments), run in zip(calls, pending)]
+        submitted = []
+        for (job, arguments), run in zip(calls, pending):
+            folder = run_folder(profile, run)
+            submitted.append((self.executor(folder / SLURM_LOGS, folder.name).submit(job, *arguments), run))
+        return submitted
 
     def dispatch(self, profile: Profile, pending: list[dict[str, Any]], report: Report) -> None:
         submitted = self.submit(profile, pending)

@@ -52,7 +52,8 @@ def one_line(err: pytest.ExceptionInfo) -> str:
     ({"executor": "local", "workers": 0}, r"workers: expected an integer >= 1, got 0"),
     ({"executor": "local", "threads": 0}, r"threads: expected an integer >= 1 torch threads per run, got 0"),
     ({"executor": "inline", "workers": 2}, r"workers: the inline executor runs one run at a time"),
-    ({"executor": "slurm", "slurm": sweep.SlurmOptions(sbatch="qos=high")}, r"slurm.sbatch: expected long sbatch flags"),
+    ({"executor": "slurm", "slurm": sweep.SlurmOptions(sbatch="qos=high")},
+     r"slurm.sbatch: expected long sbatch flags"),
 ])
 def test_bad_settings_are_one_line_errors_before_any_work(settings, message, tiny_profile, tmp_path):
     with pytest.raises(ValueError, match=message) as err:
@@ -164,7 +165,8 @@ def test_a_failing_run_is_named_and_the_others_finish(tmp_path, monkeypatch, cap
         table = sweep.run_sweep(profile, grid, executor="local", threads=1, progress=False)
     assert list(table["state"]) == ["done", "failed"]
     failed = table.iloc[1]
-    assert failed["error"].startswith("FloatingPointError: ") and "FloatingPointError" in Path(failed["log"]).read_text()
+    assert failed["error"].startswith("FloatingPointError: ")
+    assert "FloatingPointError" in Path(failed["log"]).read_text()
     # the command line: the same table, exit 1, and the rerun retries only the failed run
     assert sweep.main(["--profile", "quick", "--options", SHORT, "--methods", "baseline", "--seeds", "0",
                        "--variants", "baseline||train.lr=1e12", "--executor", "local", "--no-progress"]) == 1
@@ -206,7 +208,8 @@ def test_ctrl_c_stops_the_workers_cleanly_and_the_next_call_continues(tmp_path, 
                "--seeds", "0", "--executor", "local", "--threads", "1", "--no-progress"]
     profile = presets.study_profile("quick", options)
     folder = sweep.run_folder(profile, study.ablation_grid(profile, "kd", "0")[0])
-    sweeping = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweeping = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
     deadline = time.time() + 600
     while not (folder / CHECKPOINT).exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -254,7 +257,8 @@ def slurm_cluster():
 @pytest.mark.slurm
 def test_an_unknown_partition_names_the_partitions(slurm_cluster, tiny_profile):
     grid = [{"method": "baseline", "seed": 0, "weights": "", "options": "", "tag": ""}]
-    with pytest.raises(sweep.SweepError, match=r"slurm.partition: unknown partition 'nope'; this cluster has \[") as err:
+    message = r"slurm.partition: unknown partition 'nope'; this cluster has \["
+    with pytest.raises(sweep.SweepError, match=message) as err:
         sweep.run_sweep(tiny_profile, grid, executor="slurm", slurm=sweep.SlurmOptions(partition="nope"),
                         progress=False)
     one_line(err)
@@ -267,7 +271,8 @@ def test_a_controller_that_does_not_answer_says_what_to_check(slurm_cluster, tin
     (tmp_path / "slurm.conf").write_text(dead + "\nSlurmctldPort=9\nMessageTimeout=2\n")
     monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
     grid = [{"method": "baseline", "seed": 0, "weights": "", "options": "", "tag": ""}]
-    with pytest.raises(sweep.SweepError, match=r"the Slurm controller does not answer \(sinfo: .*check `scontrol ping`"):
+    message = r"the Slurm controller does not answer \(sinfo: .*check `scontrol ping`"
+    with pytest.raises(sweep.SweepError, match=message):
         sweep.run_sweep(tiny_profile, grid, executor="slurm", progress=False)
 
 
