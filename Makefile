@@ -8,6 +8,10 @@ METHODS ?=
 TRIALS ?= 6
 TUNE_SEEDS ?= 0,1
 SEEDS ?= 0,1,2,3,4
+# how the grids of 03_ablation and 07_position train (idd_lib.sweep; docs/speed-and-scale.md measures them)
+EXECUTOR ?= local
+WORKERS ?= 2
+THREADS ?=
 PY := $(VENV)/bin/python
 # exact versions of every package the reference results were produced with (make lock rewrites it)
 LOCK := requirements/lock.txt
@@ -26,12 +30,14 @@ $(STAMP): pyproject.toml $(LOCK)
 install: $(STAMP)
 
 study: $(STAMP)
-	$(PY) -m idd_lib.study --profile $(PROFILE) --options "$(OPTIONS)"
+	$(PY) -m idd_lib.study --profile $(PROFILE) --options "$(OPTIONS)" --executor "$(EXECUTOR)" \
+		--workers "$(or $(WORKERS),0)" --threads "$(or $(THREADS),0)"
 
 # equal tuning budget per method on the tune split, then best vs default setting on val (idd_lib/tuning.py)
 tune: $(STAMP)
 	$(PY) -m idd_lib.tuning --profile $(PROFILE) --options "$(OPTIONS)" $(if $(METHODS),--methods "$(METHODS)") \
-	  --trials $(TRIALS) --tune-seeds $(TUNE_SEEDS) --seeds $(SEEDS)
+	  --trials $(TRIALS) --tune-seeds $(TUNE_SEEDS) --seeds $(SEEDS) --executor "$(EXECUTOR)" \
+	  --workers "$(or $(WORKERS),1)" $(if $(THREADS),--threads $(THREADS))
 
 # the profile's teacher trained here from scratch (never the shipped one), into results/cache/teachers/;
 # RETRAIN=1 also replaces one trained here before; PRIOR=0 (or 2): the teacher of the prior sweep at that prior

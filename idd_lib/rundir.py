@@ -1,7 +1,8 @@
 """The files of a run folder: their names, atomic writes, and readers that name a damaged file.
 
 A run folder holds ``config.json``, ``provenance.json``, ``metrics.jsonl``, ``checkpoint.pt``,
-``model.pt`` and ``result.json``. Writes go to a temporary sibling renamed into place, so a killed
+``model.pt`` and ``result.json``; a sweep adds ``claim.json`` while a process trains it, the
+worker's ``sweep.log`` and the Slurm job logs under ``slurm/``. Writes go to a temporary sibling renamed into place, so a killed
 process or a full disk never leaves a torn file and never touches the earlier one. Paths inside
 result files are relative to the results root, so a moved or copied results folder reads the same.
 """
@@ -30,6 +31,10 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 RESULT = "result.json"
+CLAIM = "claim.json"        # who trains the run now (idd_lib.sweep); created exclusively, removed when done
+TAKEOVER = "claim.takeover"  # held (exclusively) by the one process replacing a stale claim
+SWEEP_LOG = "sweep.log"     # stdout and stderr of a local sweep worker
+SLURM_LOGS = "slurm"        # submitit's job files and per-job stdout/stderr
 
 _WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
@@ -249,3 +254,38 @@ class MetricsLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def try_claim(folder: Path, holder: dict[str, Any], name: str = CLAIM) -> bool:
+    """Create ``claim.json`` (or ``name``) holding ``holder`` only if it does not exist (``O_CREAT |
+    O_EXCL``: of two processes racing, exactly one wins, also on NFS v3+); False when it exists."""
+    path = Path(folder) / name
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise _write_error(path, err) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(holder))
+    return True
+
+
+def read_claim(folder: Path) -> dict[str, Any] | None:
+    """The current claim of a run folder; None when there is none. A claim torn by a kill between
+    create and write reads as an empty holder (no live process can be proven: stale)."""
+    try:
+        text = (Path(folder) / CLAIM).read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def release_claim(folder: Path, holder: dict[str, Any]) -> None:
+    """Remove ``claim.json`` if it is still ``holder``'s (never another process's claim)."""
+    if read_claim(folder) == holder:
+        (Path(folder) / CLAIM).unlink(missing_ok=True)

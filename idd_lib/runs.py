@@ -77,16 +77,21 @@ def launch_torchrun(profile: Profile, nproc: int, arguments: list[str]) -> None:
     if registered is None or registered.configure(dict(profile.options)) != profile:
         raise ValueError(f"nproc: data-parallel runs start from a registered profile and its options; "
                          f"{profile.name!r} is not one (set options instead of editing the profile)")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "idd_lib.launch", "--profile", profile.name, "--no-progress",
-               "--profile-options", join_options(dict(profile.options)), *arguments]
-    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(torchrun_command(profile, nproc, arguments), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr[-4000:])
     if done.returncode:
         lines = done.stderr.strip().splitlines() or ["(no error output)"]
         reason = next((line for line in lines if line.startswith("error:")), lines[-1])
         raise RuntimeError(f"torchrun with {nproc} processes failed (exit {done.returncode}): {reason}")
+
+
+def torchrun_command(profile: Profile, nproc: int, arguments: list[str]) -> list[str]:
+    """The command of a data-parallel run: ``torchrun --standalone`` starting :mod:`idd_lib.launch`
+    in ``nproc`` processes (one per GPU of the node or the Slurm job)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "idd_lib.launch", "--profile", profile.name, "--no-progress",
+            "--profile-options", join_options(dict(profile.options)), *arguments]
 
 
 def join_options(options: dict[str, str]) -> str:

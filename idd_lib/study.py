@@ -109,36 +109,35 @@ def run_distill_notebook(profile: Profile, run: dict[str, Any], progress: bool =
     return output
 
 
-def execute_grid(profile: Profile, grid: list[dict[str, Any]], progress: bool = False) -> list[Path]:
-    """Run every entry of a grid (``ablation_grid``'s form: method, seed, weights, options, tag),
-    each through 02_distill into its own run folder; finished runs are skipped. The one place
-    that executes a list of runs (tuning's too), so that it can be pointed at another executor."""
-    outputs = []
-    for index, run in enumerate(grid, 1):
-        t0 = time.time()
-        outputs.append(run_distill_notebook(profile, run, progress))
-        label = run["method"] + (f" [{run['tag']}]" if run["tag"] else "")
-        print(f"[grid] {index}/{len(grid)} {label} seed {run['seed']}: {time.time() - t0:.0f} s", flush=True)
-    return outputs
+# The notebooks that train grids of runs, and so take the sweep's settings (idd_lib.sweep).
+SWEEP_NOTEBOOKS = ("03_ablation", "07_position")
 
 
-def notebook_parameters(profile: Profile, name: str, options: str) -> dict[str, Any] | None:
+def notebook_parameters(profile: Profile, name: str, options: str,
+                        sweep: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """What the study passes to notebook ``name``; None: the notebook does not apply to the profile's
-    data (the synthetic benchmark's samples and position-prior sweep need the synthetic dataset)."""
+    data (the synthetic benchmark's samples and position-prior sweep need the synthetic dataset).
+    ``sweep``: executor, workers, threads for the notebooks that train grids (only those set, so a
+    notebook complete without them stays complete)."""
     synthetic = profile.data.dataset == "synthetic"
     if name == "00_synthetic_data" and not synthetic:
         return None
     parameters: dict[str, Any] = {"profile": profile.name, **({"options": options} if options else {})}
+    if name in SWEEP_NOTEBOOKS:
+        parameters.update({key: value for key, value in (sweep or {}).items() if value})
     return {**parameters, "sweep": False} if name == "07_position" and not synthetic else parameters
 
 
-def run_study(profile_name: str, force: bool = False, only: tuple[str, ...] = (), options: str = "") -> Path:
+def run_study(profile_name: str, force: bool = False, only: tuple[str, ...] = (), options: str = "",
+              sweep: dict[str, Any] | None = None) -> Path:
+    """The study's notebooks for one profile; ``sweep``: how 03_ablation and 07_position train their
+    grids (``{"executor": "local", "workers": 2, "threads": 1}``; empty: inline)."""
     profile = study_profile(profile_name, options)
     out = profile_dir(profile.name)
     started = time.time()
     for name in only or STUDY_NOTEBOOKS:
         t0 = time.time()
-        parameters = notebook_parameters(profile, name, options)
+        parameters = notebook_parameters(profile, name, options, sweep)
         if parameters is None:
             print(f"[study] {name}: skipped ({profile.data.dataset} data, not the synthetic benchmark)", flush=True)
             continue
@@ -154,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-execute notebooks even if complete")
     parser.add_argument("--only", nargs="*", default=(), help="run only these notebooks")
     parser.add_argument("--options", default="", help='options of every run, e.g. "data.root=/data/cityscapes"')
+    parser.add_argument("--executor", default="", help="how grids train: inline, local or slurm (idd_lib.sweep)")
+    parser.add_argument("--workers", type=int, default=0, help="local worker processes (0: the notebooks' default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: the executor's default)")
     args = parser.parse_args(argv)
+    sweep = {"executor": args.executor, "workers": args.workers, "threads": args.threads}
     try:
-        run_study(args.profile, args.force, tuple(args.only), args.options)
+        run_study(args.profile, args.force, tuple(args.only), args.options, sweep)
     except (StudyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -229,19 +229,20 @@ def write_outputs(folder: Path, trials: pd.DataFrame, best: pd.DataFrame, confir
 
 
 def run_tuning(profile: Profile, methods: Sequence[str], trials: int, tune_seeds: Sequence[int],
-               seeds: Sequence[int], sampler_seed: int, command: str) -> Path:
-    """Tune, select on ``tune``, confirm on ``val``; returns the tuning folder."""
-    from . import study
+               seeds: Sequence[int], sampler_seed: int, command: str, sweep: Mapping[str, Any] | None = None) -> Path:
+    """Tune, select on ``tune``, confirm on ``val``; returns the tuning folder. ``sweep``: how the
+    grids train (:func:`idd_lib.sweep.run_sweep`'s executor, workers, threads, slurm), inline by default."""
     from .paths import profile_dir
     from .provenance import git_state
+    from .sweep import run_sweep
 
     started, git = time.time(), git_state()
     grid = tuning_grid(profile, methods, trials, tune_seeds, sampler_seed)
-    study.execute_grid(profile, grid)
+    run_sweep(profile, grid, **(sweep or {}))
     tried = grid_results(profile, grid)
     best = select_best(tried.to_dict("records"))
     confirm = confirmation_grid(profile, best, seeds)
-    study.execute_grid(profile, confirm)
+    run_sweep(profile, confirm, **(sweep or {}))
     confirmation = confirmation_table(best, grid_results(profile, confirm))
     record = {"command": command, "profile": profile.name, "options": dict(profile.options),
               "commit": git["commit"], "dirty": git["dirty"], "methods": list(methods), "trials": trials,
@@ -268,6 +269,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 def main(argv: list[str] | None = None) -> int:
     from . import study
     from .presets import study_profile
+    from .sweep import SweepError
 
     parser = argparse.ArgumentParser(prog="python -m idd_lib.tuning", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="default", help="profile (idd_lib.presets.PROFILES)")
@@ -278,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="seeds of the confirmation")
     parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the settings' draws")
     parser.add_argument("--options", default="", help='profile options, e.g. "train.iterations=100"')
+    parser.add_argument("--executor", default="inline", help="how the grids train: inline, local or slurm (idd_lib.sweep)")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     args = parser.parse_args(argv)
     command = "python -m idd_lib.tuning " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     try:
@@ -286,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             get_method(method)
         folder = run_tuning(study_profile(args.profile, args.options), methods, args.trials,
                             _ints(args.tune_seeds, "tune-seeds"), _ints(args.seeds, "seeds"), args.sampler_seed,
-                            command)
-    except (ValueError, FileNotFoundError, study.StudyError) as err:
+                            command, {"executor": args.executor, "workers": args.workers, "threads": args.threads})
+    except (ValueError, FileNotFoundError, study.StudyError, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"[tuning] {folder}")

@@ -68,3 +68,13 @@ def test_bad_loss_option_is_a_one_line_error(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode != 0 and last.startswith("--loss-options: options: unknown option 'pid.hiden'"), last
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_sweep_throughput_measures_every_setting(tmp_path):
+    out = tmp_path / "sweep.json"
+    _run("sweep_throughput.py", "--profile", "quick", "--options", "train.iterations=2,teacher_train.iterations=2",
+         "--methods", "baseline,kd", "--settings", "inline:1x1,local:2x1", "--out", str(out))
+    summary = json.loads(out.read_text())
+    assert [r["setting"] for r in summary["settings"]] == ["inline:1x1", "local:2x1"]
+    assert all(r["runs"] == 2 and r["runs_per_hour"] > 0 and r["train_s_per_run"] > 0 for r in summary["settings"])

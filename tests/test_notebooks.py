@@ -71,7 +71,7 @@ def test_executed_notebooks_show_each_figure_once_with_progress_and_no_noise(qui
             assert len(images) == cell.source.count("nb.show("), (name, cell.source[:80])
             text = "".join(map(_output_text, cell.outputs))
             assert "PosixPath" not in text and "without encryption" not in text, (name, text[:300])
-    bars = {"03_ablation": "ablation grid", "07_position": "sweep"}
+    bars = {"03_ablation": "sweep (inline)", "07_position": "sweep (inline)"}  # idd_lib.sweep's bar over a grid
     for name, label in bars.items():
         book = nbformat.read(quick_study / "notebooks" / f"{name}.ipynb", as_version=4)
         assert any(label in _output_text(o) for c in book.cells for o in c.get("outputs", [])), name
