@@ -321,10 +321,11 @@ def _show(value: Any) -> str:
 class SweepConfig:
     """The position-prior sweep of 07_position: per prior value a copy of the profile with its own
     data, hence its own teacher. Sizes and schedules left at None are the profile's, so the sweep's
-    teachers are as competent as the profile's own (at prior 1 it is the profile's teacher)."""
-    priors: tuple[float, ...] = (0.0, 1.0, 2.0)   # SyntheticConfig.position_prior values
-    # PID's own gain is pid (KD + PID) against kd (KD alone), prior by prior
-    methods: tuple[str, ...] = ("kd", "pid")
+    teachers are as competent as the profile's own; at the profile's own prior the sweep then *is*
+    the profile (its teacher and its runs, no extra training)."""
+    priors: tuple[float, ...] = (0.0, 1.0)        # SyntheticConfig.position_prior: uninformative, Cityscapes-like
+    # PID's own gain, prior by prior: the full objective (KD + IDD + PID) against it without PID
+    methods: tuple[str, ...] = ("idd", "idd+pid")
     seeds: tuple[int, ...] = (0, 1, 2)            # >= 3 per cell: PID's gain per prior is a paired test
     num_train: int | None = None
     num_val: int | None = None
@@ -332,6 +333,10 @@ class SweepConfig:
     width: int | None = None
     teacher_iterations: int | None = None
     student_iterations: int | None = None
+
+    def resized(self) -> bool:
+        return any(v is not None for v in (self.num_train, self.num_val, self.height, self.width,
+                                           self.teacher_iterations, self.student_iterations))
 
 
 @dataclass(frozen=True)
@@ -371,19 +376,22 @@ class Profile:
     def sweep_profile(self, prior: float) -> Profile:
         """The sweep's copy of this profile for one ``position_prior``: the sweep's sizes, schedules,
         methods and seeds, results under ``<profile>/sweep/prior<p>/`` (teachers and data are cached
-        by their config digests, so each prior trains - or installs - its own teacher once)."""
+        by their config digests, so each prior trains - or installs - its own teacher once); at the
+        profile's own prior, unresized, the profile itself with the sweep's methods and seeds."""
         if self.data.dataset != "synthetic":
             raise ValueError(f"profile {self.name}: the position-prior sweep needs the synthetic dataset, "
                              f"not {self.data.dataset!r}")
         s = self.sweep
+        if prior == self.data.synthetic.position_prior and not s.resized():
+            return dataclasses.replace(self, seeds=s.seeds, methods=s.methods)
         sizes = {"num_train": s.num_train, "num_val": s.num_val, "height": s.height, "width": s.width}
         synthetic = dataclasses.replace(self.data.synthetic, position_prior=prior,
                                         **{k: v for k, v in sizes.items() if v is not None})
-        teacher_train, student_train = self.teacher_train, dataclasses.replace(self.student_train, eval_every=0)
+        teacher_train, student_train = self.teacher_train, self.student_train
         if s.teacher_iterations is not None:
             teacher_train = dataclasses.replace(teacher_train, iterations=s.teacher_iterations, eval_every=0)
         if s.student_iterations is not None:
-            student_train = dataclasses.replace(student_train, iterations=s.student_iterations)
+            student_train = dataclasses.replace(student_train, iterations=s.student_iterations, eval_every=0)
         return dataclasses.replace(
             self, name=f"{self.name}/sweep/prior{prior:g}",
             description=f"{self.description}; position-prior sweep at {prior:g}",

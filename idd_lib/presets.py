@@ -46,18 +46,16 @@ def _synthetic_profile(name: str, description: str, images: tuple[int, int, int]
                    student_train=TrainConfig(iterations=iterations[1], lr=0.02, eval_every=eval_every[1]), **fields)
 
 
-SWEEP_STUDENT_ITERATIONS = 150  # the prior sweep's students: half the schedule, to fit the study's budget
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     _synthetic_profile("quick", "smoke size: minutes on 2 CPU cores, numbers not meaningful",
                        (64, 16, 16), (64, 128), (60, 30), eval_every=(0, 10), seeds=(0,), analysis_images=16,
                        tsne_pixels_per_class=40,
-                       sweep=SweepConfig(seeds=(0,), num_train=16, num_val=8, height=32, width=64,
-                                         teacher_iterations=20, student_iterations=10)),
+                       sweep=SweepConfig(priors=(0.0, 1.0, 2.0), seeds=(0,), num_train=16, num_val=8, height=32,
+                                         width=64, teacher_iterations=20, student_iterations=10)),
     # Calibrated (docs/datasets.md, "Calibration"): the teacher reaches >= 50 IoU on every class, the
     # baseline student > 10, and the teacher ships with the project (idd_lib/teachers/).
     _synthetic_profile("default", "the embedded synthetic benchmark, CPU-sized (about 15 minutes on 2 cores)",
-                       (240, 60, 60), (96, 192), (1500, 300), eval_every=(250, 100), seeds=(0, 1, 2, 3, 4),
-                       sweep=SweepConfig(student_iterations=SWEEP_STUDENT_ITERATIONS)),
+                       (240, 60, 60), (96, 192), (1500, 300), eval_every=(250, 100), seeds=(0, 1, 2, 3, 4)),
 )}
 
 

@@ -291,7 +291,6 @@ def _distances_section(folder: Path) -> list[str]:
 
 
 def _position_section(folder: Path, profile) -> list[str]:
-    sweep = profile.sweep
     return [
         "## Claim 2: position information",
         "",
@@ -303,25 +302,45 @@ def _position_section(folder: Path, profile) -> list[str]:
         "",
         _figure(folder, "position_probe", "Held-out R² of the position probe per network and position map."),
         "",
-    ] + (_sweep_lines(folder, sweep) if profile.data.dataset == "synthetic" else [])
+    ] + (_sweep_lines(folder, profile) if profile.data.dataset == "synthetic" else [])
 
 
-def _sweep_lines(folder: Path, sweep) -> list[str]:
+def _sweep_lines(folder: Path, profile) -> list[str]:
     """The position-prior sweep: it varies the generated benchmark, so only a synthetic study has it."""
+    sweep = profile.sweep
+    size = (f"a reduced copy of the study ({sweep.num_train} training / {sweep.num_val} validation images of "
+            f"{sweep.height}x{sweep.width}, teacher {sweep.teacher_iterations} and students "
+            f"{sweep.student_iterations} iterations): indicative only" if sweep.resized() else
+            "the study's own sizes and schedules, and at the study's prior its own teacher and runs")
+    teachers = ", ".join(f"prior {p:g}: {_teacher_ious(profile.sweep_profile(p))}" for p in sweep.priors)
     return [
-        f"**Position-prior sweep (reduced size).** The benchmark's `position_prior` at "
+        f"**Position-prior sweep.** The benchmark's `position_prior` at "
         f"{', '.join(f'{p:g}' for p in sweep.priors)} (0: position uninformative, 1: Cityscapes-like, "
-        f"2: strong), each with its own data and teacher, for {', '.join(sweep.methods)}. To fit the "
-        f"study's time budget this sweep is smaller than the main study: {sweep.num_train} training / "
-        f"{sweep.num_val} validation images of {sweep.height}x{sweep.width}, teacher "
-        f"{sweep.teacher_iterations} and students {sweep.student_iterations} iterations, "
-        f"seed(s) {', '.join(map(str, sweep.seeds))}: indicative, not a test.",
+        f"2: strong), each with its own data and teacher, for {', '.join(sweep.methods)}, seeds "
+        f"{', '.join(map(str, sweep.seeds))}; {size}. The teachers' lowest class IoU: {teachers}.",
         "",
         _md_table(folder / "tables" / "position_sweep.md"),
         "",
         _figure(folder, "position_sweep", "mIoU and position-probe R² against the position prior (teacher dashed)."),
         "",
     ]
+
+
+def _teacher_ious(profile) -> str:
+    """The weakest class of a profile's trained teacher, e.g. ``46.8 (pole)``; ``not trained`` without one."""
+    from .rundir import RESULT, read_result
+    from .runs import teacher_dir
+
+    folder = teacher_dir(profile)
+    if not (folder / RESULT).exists():
+        return "not trained"
+    result = read_result(folder)
+    ious = result.get("per_class_iou")
+    if not ious:
+        return f"mIoU {result['miou']:.1f}"
+    worst = min(range(len(ious)), key=lambda k: ious[k])
+    names = result.get("class_names") or [str(k) for k in range(len(ious))]
+    return f"{ious[worst]:.1f} ({names[worst]})"
 
 
 def default_runs(frame: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,7 @@ Claims and their evidence (seed-paired differences, :mod:`idd_lib.comparisons`):
 * (c) PID raises position information: position-probe mean R², ``idd+pid - idd``
   (``tables/position_probe_seeds.csv``, written by 07_position);
 * (d) PID helps when position predicts the class and not when it does not: in the prior sweep
-  (``tables/position_sweep_seeds.csv``), PID's paired gain ``pid - kd`` (PID added to KD) averaged over the
+  (``tables/position_sweep_seeds.csv``), PID's paired gain ``idd+pid - idd`` (PID added to KD + IDD) averaged over the
   informative priors (> 0) minus its gain at prior 0;
 * (e) IDD+PID vs the strongest baseline (the competing method with the highest mean *tune* mIoU,
   val where no run has tune numbers): val mIoU, ``idd+pid - strongest``.
@@ -33,6 +33,7 @@ RULE = ("p-values Holm-corrected across the claims of one setting; **supported**
         "direction and corrected p < 0.05; **not supported**: the 95% CI's upper end lies below the smallest "
         "difference the design can detect (power 0.8, alpha 0.05, at the row's n and spread), so every effect it "
         "could detect is excluded; **inconclusive**: neither; **missing**: no evidence for that setting yet.")
+SWEEP_PAIR = ("idd+pid", "idd")  # the prior sweep's networks with and without PID (config.SweepConfig.methods)
 NOT_COMPETITORS = ("baseline", "idd-only", "idd", "pid", "idd+pid")
 COLUMNS = ["claim", "setting", "evidence", "n", "effect", "ci_low", "ci_high", "p", "p_holm", "mdd", "reading"]
 
@@ -53,12 +54,13 @@ def strongest_competitor(runs: pd.DataFrame) -> str | None:
 
 
 def sweep_gain_difference(sweep: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Per seed: PID's mIoU gain over KD alone (``pid - kd``) averaged over the priors > 0, and at prior 0."""
-    wide = sweep[sweep["network"].isin(["pid", "kd"])].pivot_table(
-        index=["prior", "seed"], columns="network", values="miou")
-    if not {"pid", "kd"} <= set(wide.columns):
+    """Per seed: PID's mIoU gain (``idd+pid - idd``) averaged over the priors > 0, and at prior 0."""
+    with_pid, without = SWEEP_PAIR
+    wide = sweep[sweep["network"].isin(SWEEP_PAIR)].pivot_table(index=["prior", "seed"], columns="network",
+                                                                values="miou")
+    if not set(SWEEP_PAIR) <= set(wide.columns):
         return pd.Series(dtype=float), pd.Series(dtype=float)
-    gain = (wide["pid"] - wide["kd"]).reset_index(name="gain")
+    gain = (wide[with_pid] - wide[without]).reset_index(name="gain")
     informative = gain[gain["prior"] > 0].groupby("seed")["gain"].mean()
     flat = gain[gain["prior"] == 0].set_index("seed")["gain"]
     return informative, flat
@@ -87,7 +89,7 @@ def _evidence(runs: pd.DataFrame | None, probe: pd.DataFrame | None, sweep: pd.D
                                                          else "(07_position) has not written its per-seed table")))
     else:
         informative, flat = sweep_gain_difference(sweep)
-        rows.append(("d", "sweep: PID's mIoU gain over KD at priors > 0 − at prior 0", informative, flat))
+        rows.append(("d", "sweep: PID's mIoU gain (idd+pid − idd) at priors > 0 − at prior 0", informative, flat))
     rival = strongest_competitor(runs)
     rows.append(("e", "missing: no competing method's runs") if rival is None else
                 ("e", f"val mIoU, idd+pid − {rival} (strongest by tune mIoU)", _series(runs, "idd+pid", "miou"),

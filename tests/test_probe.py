@@ -97,11 +97,13 @@ def test_probe_networks_end_to_end_and_mode_kept():
 def test_default_sweep_keeps_the_profiles_sizes_and_teacher():
     base = presets.get_profile("default")
     at_prior_one, flat = base.sweep_profile(1.0), base.sweep_profile(0.0)
+    assert at_prior_one.name == base.name and at_prior_one.data == base.data  # the profile's own runs
     assert at_prior_one.teacher_config().digest() == base.teacher_config().digest()
+    assert runs.run_dir(at_prior_one, runs.student_config(at_prior_one, "idd", 0)) == runs.run_dir(
+        base, runs.student_config(base, "idd", 0))
     assert flat.data.synthetic == dataclasses.replace(base.data.synthetic, position_prior=0.0)
-    assert flat.teacher_train == base.teacher_train
-    assert flat.student_train.iterations == presets.SWEEP_STUDENT_ITERATIONS
-    assert flat.methods == ("kd", "pid") and len(flat.seeds) >= 3
+    assert (flat.teacher_train, flat.student_train) == (base.teacher_train, base.student_train)
+    assert flat.methods == ("idd", "idd+pid") and len(flat.seeds) >= 3 and flat.name != base.name
 
 
 def test_sweep_profiles_have_their_own_data_teacher_and_folder(monkeypatch, tmp_path):

@@ -128,7 +128,7 @@ def test_report_embeds_every_figure_and_table(tiny_profile, monkeypatch, tmp_pat
     assert "_missing" not in text
     for stem in figures:
         assert f"(figures/{stem}.png)" in text and f"(figures/{stem}.pdf)" in text
-    assert "0123456789+dirty" in text and "reduced size" in text.lower()
+    assert "0123456789+dirty" in text and "**Position-prior sweep.**" in text
     page = (folder / "tiny" / "REPORT.html").read_text()  # self-contained: every figure embedded
     assert page.count("data:image/png;base64,") == len(figures) and 'src="figures/' not in page
     assert (folder / "tiny" / "tables" / "methods.tex").is_file()

@@ -37,8 +37,8 @@ def _sweep(gain_informative, gain_flat):
     for prior in (0.0, 1.0, 2.0):
         for s in SEEDS:
             gain = gain_flat if prior == 0 else gain_informative
-            rows.append({"prior": prior, "network": "kd", "seed": s, "miou": 30 + s})
-            rows.append({"prior": prior, "network": "pid", "seed": s,
+            rows.append({"prior": prior, "network": "idd", "seed": s, "miou": 30 + s})
+            rows.append({"prior": prior, "network": "idd+pid", "seed": s,
                          "miou": 30 + s + gain + 0.1 * NOISE[(s + int(prior)) % 5]})
     return pd.DataFrame(rows)
 
