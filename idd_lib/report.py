@@ -128,11 +128,15 @@ def seed_table(frame: pd.DataFrame, columns: Sequence[str], by: str | Sequence[s
     return table
 
 
-def per_class_table(frame: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
-    """Mean per-class IoU per method (rows) and class (columns)."""
+def per_class_table(frame: pd.DataFrame, class_names: Sequence[str],
+                    teacher: Sequence[float] | None = None) -> pd.DataFrame:
+    """Mean per-class IoU per method (rows) and class (columns), the ``teacher``'s IoU first when given."""
     ious = pd.DataFrame(frame["per_class_iou"].tolist(), columns=list(class_names))
     ious["method"] = frame["label"].to_numpy()
-    return ious.groupby("method", sort=False).mean()
+    table = ious.groupby("method", sort=False).mean()
+    if teacher is None:
+        return table
+    return pd.concat([pd.DataFrame([list(teacher)], index=["teacher"], columns=table.columns), table])
 
 
 def highlight_changes(table: pd.DataFrame, baseline: str = "baseline", top: int = 3) -> pd.DataFrame:
@@ -140,7 +144,7 @@ def highlight_changes(table: pd.DataFrame, baseline: str = "baseline", top: int 
     text = table.map(lambda v: f"{v:.1f}")
     if baseline not in table.index:
         return text
-    for method in table.index.drop(baseline):
+    for method in table.index.drop([baseline, *(["teacher"] if "teacher" in table.index else [])]):
         delta = table.loc[method] - table.loc[baseline]
         for cls in delta.abs().nlargest(top).index:
             text.loc[method, cls] = f"**{table.loc[method, cls]:.1f} ({delta[cls]:+.1f})**"
@@ -254,7 +258,8 @@ def _students_section(folder: Path) -> list[str]:
         "",
         "## Per-class IoU (%)",
         "",
-        "Mean over seeds; in bold the three largest changes of each method against the baseline.",
+        "The teacher, then each method's mean over seeds; in bold the three largest changes of each method "
+        "against the baseline.",
         "",
         _md_table(folder / "tables" / "per_class_iou.md"),
         "",

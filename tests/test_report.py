@@ -77,6 +77,15 @@ def test_highlight_changes_bolds_the_largest_changes():
     assert text.loc["idd", "b"].startswith("**30.0 (-10.0)") and not text.loc["idd", "a"].startswith("**")
 
 
+def test_the_per_class_table_leads_with_the_teacher_unmarked():
+    frame = pd.DataFrame({"label": ["baseline", "baseline", "idd"], "per_class_iou": [[10, 20], [30, 40], [50, 0]]})
+    table = report.per_class_table(frame, ["pole", "car"], teacher=[70.0, 80.0])
+    assert list(table.index) == ["teacher", "baseline", "idd"]
+    assert table.loc["baseline"].tolist() == [20.0, 30.0] and table.loc["teacher"].tolist() == [70.0, 80.0]
+    text = report.highlight_changes(table, top=1)
+    assert not text.loc["teacher"].str.startswith("**").any() and text.loc["idd", "pole"].startswith("**")
+
+
 def _fake_run(folder: Path, method: str, seed: int, miou: float, digest: str = "abc123def456") -> dict:
     folder.mkdir(parents=True)
     result = {"method": method, "seed": seed, "miou": miou, "per_class_iou": [miou] * 9, "tag": "",
