@@ -136,7 +136,7 @@ def per_class_table(frame: pd.DataFrame, class_names: Sequence[str],
     table = ious.groupby("method", sort=False).mean()
     if teacher is None:
         return table
-    return pd.concat([pd.DataFrame([list(teacher)], index=["teacher"], columns=table.columns), table])
+    return pd.concat([pd.DataFrame([list(teacher)], index=["teacher"], columns=table.columns), table]).rename_axis("method")
 
 
 def highlight_changes(table: pd.DataFrame, baseline: str = "baseline", top: int = 3) -> pd.DataFrame:

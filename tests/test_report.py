@@ -80,7 +80,7 @@ def test_highlight_changes_bolds_the_largest_changes():
 def test_the_per_class_table_leads_with_the_teacher_unmarked():
     frame = pd.DataFrame({"label": ["baseline", "baseline", "idd"], "per_class_iou": [[10, 20], [30, 40], [50, 0]]})
     table = report.per_class_table(frame, ["pole", "car"], teacher=[70.0, 80.0])
-    assert list(table.index) == ["teacher", "baseline", "idd"]
+    assert list(table.index) == ["teacher", "baseline", "idd"] and table.index.name == "method"
     assert table.loc["baseline"].tolist() == [20.0, 30.0] and table.loc["teacher"].tolist() == [70.0, 80.0]
     text = report.highlight_changes(table, top=1)
     assert not text.loc["teacher"].str.startswith("**").any() and text.loc["idd", "pole"].startswith("**")
