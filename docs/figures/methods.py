@@ -12,8 +12,8 @@ ROW = re.compile(r"^\| `(?P<method>[^`]+)` \|.*\| (?P<mean>[\d.]+) ± (?P<std>[\
 
 
 def method_table(results_md: Path) -> pd.DataFrame:
-    """The rows of the table under "## Every method on the default benchmark": method, mean, std."""
-    section = results_md.read_text().split("## Every method on the default benchmark", 1)[1].split("\n## ", 1)[0]
+    """The rows of the table under "## Every method on the first version of the benchmark": method, mean, std."""
+    section = results_md.read_text().split("## Every method on the first version of the benchmark", 1)[1].split("\n## ", 1)[0]
     rows = [m.groupdict() for m in map(ROW.match, section.splitlines()) if m]
     return pd.DataFrame(rows).astype({"mean": float, "std": float})
 
