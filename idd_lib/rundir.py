@@ -175,7 +175,7 @@ def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
 
 def drop_rows_after(path: Path, step: int, final: bool = False) -> None:
     """Keep the log rows up to the checkpoint's step: a resumed run logs the later ones again (and,
-    from the ``final`` checkpoint, the last validation)."""
+    from the ``final`` checkpoint, the last validation and tune evaluation)."""
     if not path.exists():
         return
     kept = []
@@ -184,7 +184,7 @@ def drop_rows_after(path: Path, step: int, final: bool = False) -> None:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by the kill
             continue
-        if row.get("step", 0) < step or row.get("step", 0) == step and not (final and row.get("split") == "val"):
+        if row.get("step", 0) < step or row.get("step", 0) == step and not (final and row.get("split") in ("val", "tune")):
             kept.append(line + "\n")
     atomic_write_text(path, "".join(kept))
 

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import os
-import pickle
 import shlex
 import shutil
 import signal
@@ -262,9 +261,10 @@ class LocalExecutor:
         """Nothing to check: workers are processes of this machine's Python."""
 
     def dispatch(self, profile: Profile, pending: list[dict[str, Any]], report: Report) -> None:
+        named = profile_spec(profile)  # before any worker starts: a profile workers cannot rebuild stops here
         with tempfile.TemporaryDirectory(prefix="idd-sweep-") as scratch:
             pool = ThreadPoolExecutor(self.workers)
-            futures = {pool.submit(self.spawn, profile, run, Path(scratch) / str(i)): run
+            futures = {pool.submit(self.spawn, profile, named, run, Path(scratch) / str(i)): run
                        for i, run in enumerate(pending)}
             try:
                 for future in as_completed(futures):
@@ -277,12 +277,12 @@ class LocalExecutor:
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def spawn(self, profile: Profile, run: dict[str, Any], scratch: Path) -> Outcome:
+    def spawn(self, profile: Profile, named: dict[str, Any], run: dict[str, Any], scratch: Path) -> Outcome:
         if self.stopping:
             return {"state": "failed", "wall_s": 0.0, "error": "not started: the sweep was interrupted", "log": ""}
         started, folder = time.time(), make_folder(run_folder(profile, run))
-        spec, outcome = scratch.with_suffix(".pkl"), scratch.with_suffix(".json")
-        spec.write_bytes(pickle.dumps({"profile": profile, "run": run, "threads": self.threads, "nproc": self.nproc}))
+        spec, outcome = scratch.with_suffix(".spec.json"), scratch.with_suffix(".json")
+        spec.write_text(json.dumps({"profile": named, "run": run, "threads": self.threads, "nproc": self.nproc}))
         log = folder / SWEEP_LOG
         env = {**os.environ, **{name: str(self.threads) for name in THREAD_VARIABLES}}
         with log.open("a") as handle:
@@ -531,10 +531,26 @@ def table_row(profile: Profile, run: dict[str, Any], outcome: Outcome) -> dict[s
 
 # ---------------------------------------------------------------- command line
 
+def profile_spec(profile: Profile) -> dict[str, Any]:
+    """``profile`` as a worker's JSON spec names it: a registered profile, its options and, for a
+    copy of the prior sweep, the prior (workers read JSON, never unpickle)."""
+    base, _, prior = profile.name.partition("/sweep/prior")
+    named = {"name": base, "options": dict(profile.options), "prior": float(prior) if prior else None}
+    if base not in PROFILES or spec_profile(named) != profile:
+        raise SweepError(f"executor local: profile {profile.name!r} is not a registered profile with options "
+                         "(or a copy of its prior sweep), which workers rebuild by name; use executor inline")
+    return named
+
+
+def spec_profile(named: dict[str, Any]) -> Profile:
+    profile = PROFILES[named["name"]].configure(named["options"])
+    return profile if named["prior"] is None else profile.sweep_profile(named["prior"])
+
+
 def worker_main(spec: Path, outcome: Path) -> int:
-    """A local worker: one run from a pickled spec the sweep wrote (never an untrusted file)."""
-    job = pickle.loads(spec.read_bytes())
-    result = execute_run(job["profile"], job["run"], job["threads"], job["nproc"])
+    """A local worker: one run from the JSON spec the sweep wrote."""
+    job = json.loads(spec.read_text())
+    result = execute_run(spec_profile(job["profile"]), job["run"], job["threads"], job["nproc"])
     atomic_write_text(outcome, json.dumps(result))
     if result["error"]:
         print(f"error: {result['error']}", file=sys.stderr)

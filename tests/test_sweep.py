@@ -2,6 +2,7 @@
 run asks for, and (slow) real sweeps: local workers equal inline runs, a killed worker's run resumes
 to the uninterrupted numbers, two concurrent sweeps train every run once, a failing run is named.
 The tests marked ``slurm`` submit to a real Slurm cluster (.ci/slurm-local start; CI starts one)."""
+import dataclasses
 import json
 import os
 import shutil
@@ -321,3 +322,13 @@ def test_a_job_array_runs_the_grid_and_a_rerun_skips_it(slurm_cluster, monkeypat
     assert len({log.name.split("_")[0] for log in logs}) == 1  # one array job, one task per run
     again = sweep.run_sweep(profile, grid, executor="slurm", threads=1, slurm=options, progress=False)
     assert list(again["state"]) == ["skipped", "skipped"]
+
+
+def test_workers_rebuild_their_profile_from_a_json_spec():
+    profile = presets.study_profile("quick", "train.iterations=3")
+    for candidate in (profile, profile.sweep_profile(0.0)):
+        named = sweep.profile_spec(candidate)
+        assert sweep.spec_profile(json.loads(json.dumps(named))) == candidate
+    unregistered = dataclasses.replace(profile, name="mine")
+    with pytest.raises(sweep.SweepError, match="executor local: profile 'mine' is not a registered profile"):
+        sweep.profile_spec(unregistered)
