@@ -11,7 +11,7 @@ import papermill
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from idd_lib import study
+from idd_lib import presets, study
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -51,8 +51,10 @@ def test_quick_study_runs_every_notebook_and_writes_the_report(quick_study):
     for stem in ("agreement_curves", "position_probe", "position_sweep"):
         assert f"figures/{stem}.png" in report and f"figures/{stem}.pdf" in report
     sweep_runs = [p.parent.name.rsplit("-", 2) for p in quick_study.glob("sweep/prior*/runs/*/result.json")]
-    assert {name for name, _, _ in sweep_runs} == {"baseline", "pid", "idd+pid"}
-    assert {seed for _, seed, _ in sweep_runs} == {"s0", "s1", "s2"}       # >= 3 seeds per cell
+    sweep = presets.get_profile("quick").sweep  # the quick sweep: a reduced copy at every prior, one seed
+    assert {name for name, _, _ in sweep_runs} == set(sweep.methods) == {"idd", "idd+pid"}
+    assert {seed for _, seed, _ in sweep_runs} == {f"s{s}" for s in sweep.seeds}
+    assert len(sweep_runs) == len(sweep.priors) * len(sweep.methods) * len(sweep.seeds)
     assert "## Verdict" in report and "## Comparisons" in report
     assert (quick_study / "tables" / "position_sweep_seeds.csv").is_file()
 
