@@ -54,7 +54,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                                          width=64, teacher_iterations=20, student_iterations=10)),
     # Calibrated (docs/datasets.md, "Calibration"): the teacher reaches >= 50 IoU on every class, the
     # baseline student > 10, and the teacher ships with the project (idd_lib/teachers/).
-    _synthetic_profile("default", "the embedded synthetic benchmark, CPU-sized (about 15 minutes on 2 cores)",
+    _synthetic_profile("default", "the embedded synthetic benchmark, CPU-sized (about 20 minutes on 2 cores)",
                        (240, 60, 60), (96, 192), (1500, 300), eval_every=(250, 100), seeds=(0, 1, 2, 3, 4)),
 )}
 
