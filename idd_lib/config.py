@@ -317,6 +317,9 @@ def _show(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, tuple) else repr(value)
 
 
+SWEEP_NAME = "/sweep/prior"  # a prior sweep's profile is named <profile>/sweep/prior<p> (its results folder)
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """The position-prior sweep of 07_position: per prior value a copy of the profile with its own
@@ -393,7 +396,7 @@ class Profile:
         if s.student_iterations is not None:
             student_train = dataclasses.replace(student_train, iterations=s.student_iterations, eval_every=0)
         return dataclasses.replace(
-            self, name=f"{self.name}/sweep/prior{prior:g}",
+            self, name=f"{self.name}{SWEEP_NAME}{prior:g}",
             description=f"{self.description}; position-prior sweep at {prior:g}",
             data=dataclasses.replace(self.data, synthetic=synthetic,
                                      crop_size=None if s.height or s.width else self.data.crop_size),

@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import runs, study
-from .config import Profile, apply_overrides, parse_assignments, parse_weights, teacher_of
+from .config import SWEEP_NAME, Profile, apply_overrides, parse_assignments, parse_weights, teacher_of
 from .paths import profile_dir
 from .presets import PROFILES, study_profile
 from .rundir import (CHECKPOINT, CLAIM, RESULT, SLURM_LOGS, SWEEP_LOG, TAKEOVER, atomic_write_text, make_folder, now,
@@ -534,7 +534,7 @@ def table_row(profile: Profile, run: dict[str, Any], outcome: Outcome) -> dict[s
 def profile_spec(profile: Profile) -> dict[str, Any]:
     """``profile`` as a worker's JSON spec names it: a registered profile, its options and, for a
     copy of the prior sweep, the prior (workers read JSON, never unpickle)."""
-    base, _, prior = profile.name.partition("/sweep/prior")
+    base, _, prior = profile.name.partition(SWEEP_NAME)
     named = {"name": base, "options": dict(profile.options), "prior": float(prior) if prior else None}
     if base not in PROFILES or spec_profile(named) != profile:
         raise SweepError(f"executor local: profile {profile.name!r} is not a registered profile with options "

@@ -181,6 +181,13 @@ def _sweep_in_thread(profile, grid, tables: list, **settings) -> threading.Threa
     return thread
 
 
+def wait_for_checkpoint(folder: Path, seconds: float = 600) -> None:
+    """Until the run in ``folder`` has written its first checkpoint: it is mid-run, its claim held."""
+    deadline = time.time() + seconds
+    while not (folder / CHECKPOINT).exists() and time.time() < deadline:
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_a_killed_worker_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
     profile = short_profile("train.iterations=60,train.checkpoint_every=4")
@@ -190,9 +197,7 @@ def test_a_killed_worker_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypa
     folder = sweep.run_folder(profile, grid[0])
     tables: list = []
     thread = _sweep_in_thread(profile, grid, tables, executor="local", threads=1)
-    deadline = time.time() + 600
-    while not (folder / CHECKPOINT).exists() and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for_checkpoint(folder)
     os.kill(read_claim(folder)["pid"], signal.SIGKILL)  # the worker, mid-run
     thread.join()
     assert list(tables[0]["state"]) == ["failed"] and "worker exited with code -9" in tables[0]["error"][0]
@@ -211,9 +216,7 @@ def test_ctrl_c_stops_the_workers_cleanly_and_the_next_call_continues(tmp_path, 
     folder = sweep.run_folder(profile, study.ablation_grid(profile, "kd", "0")[0])
     sweeping = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-    deadline = time.time() + 600
-    while not (folder / CHECKPOINT).exists() and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for_checkpoint(folder)
     worker = read_claim(folder)["pid"]
     os.killpg(sweeping.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
     _, err = sweeping.communicate(timeout=120)
@@ -299,9 +302,7 @@ def test_a_cancelled_job_resumes_to_the_uninterrupted_numbers(slurm_cluster, tmp
     folder = sweep.run_folder(profile, grid[0])
     tables: list = []
     thread = _sweep_in_thread(profile, grid, tables, executor="slurm", threads=1)
-    deadline = time.time() + 600
-    while not (folder / CHECKPOINT).exists() and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for_checkpoint(folder)
     subprocess.run(["scancel", read_claim(folder)["slurm_job"]], check=True)
     thread.join()
     assert list(tables[0]["state"]) == ["failed"] and "ended without a result" in tables[0]["error"][0]
