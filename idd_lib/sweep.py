@@ -547,8 +547,16 @@ def spec_profile(named: dict[str, Any]) -> Profile:
     return profile if named["prior"] is None else profile.sweep_profile(named["prior"])
 
 
+def interrupt_once(signum: int, frame: Any) -> None:
+    """Ctrl-C reaches a worker twice (from the terminal's process group and from the sweep): the first
+    interrupts the run, later ones are ignored so that they cannot cut short the release of its claim."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def worker_main(spec: Path, outcome: Path) -> int:
     """A local worker: one run from the JSON spec the sweep wrote."""
+    signal.signal(signal.SIGINT, interrupt_once)
     job = json.loads(spec.read_text())
     result = execute_run(spec_profile(job["profile"]), job["run"], job["threads"], job["nproc"])
     atomic_write_text(outcome, json.dumps(result))

@@ -91,6 +91,24 @@ def test_a_claim_is_exclusive_and_only_its_holder_releases_it(tmp_path):
     assert read_claim(tmp_path) is None
 
 
+def test_a_second_ctrl_c_cannot_cut_short_a_workers_cleanup(tmp_path):
+    """Ctrl-C reaches a local worker twice (the terminal's group, then the sweep); the second one,
+    arriving while the worker releases its claim, must not interrupt the release."""
+    released = tmp_path / "released"
+    script = f"""
+import os, signal
+from idd_lib import sweep
+signal.signal(signal.SIGINT, sweep.interrupt_once)
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+finally:
+    os.kill(os.getpid(), signal.SIGINT)
+    open({str(released)!r}, "w").close()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "KeyboardInterrupt" in done.stderr and released.exists(), done.stderr
+
+
 def test_a_claim_of_a_dead_process_is_taken_over_a_live_one_is_not(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     live = {**sweep.claim_holder(), "pid": sleeper.pid, "thread": 0}
