@@ -103,8 +103,9 @@ class TrainConfig:
     eval_every: int = 0                   # 0: evaluate at the end only
     checkpoint_every: int = 0             # 0: checkpoint at the end only
     log_every: int = 10
-    amp: bool = True                      # bf16 autocast, CUDA only
-    channels_last: bool = True            # NHWC tensors and weights, CUDA only
+    amp: bool = True                      # bf16 autocast, CUDA only (unless cpu_amp)
+    channels_last: bool = True            # NHWC tensors and weights, CUDA only (unless cpu_amp)
+    cpu_amp: bool = False                 # amp and channels_last on CPU too: fast where it has native bf16
     compile: bool = False                 # torch.compile the student and the teacher
     sync_bn: bool = True                  # SyncBatchNorm across DDP ranks (CUDA; PyTorch has none for CPU)
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
@@ -216,6 +217,10 @@ SYNTHETIC_VERSION = 2
 # loader processes): left out of the digest, so changing them reuses a trained teacher or run.
 RUNTIME_ONLY = {"data": ("eval_batch_size", "num_workers")}
 
+# Options added after runs and teachers were shipped: left out of the digest at the value that
+# means the behaviour from before they existed, so those runs and teachers keep their names.
+ADDED_LATER = {group: {"cpu_amp": False} for group in ("train", "teacher_train")}
+
 
 def config_digest(cfg: Any) -> str:
     fields = dataclasses.asdict(cfg)
@@ -233,6 +238,9 @@ def fields_digest(fields: dict[str, Any]) -> str:
     if isinstance(fields.get("loss"), dict) and fields["loss"]["method"] == "baseline":
         # labels only: the terms' options change nothing a baseline or a teacher computes
         fields["loss"] = {k: v for k, v in fields["loss"].items() if not isinstance(v, dict)}
+    for group, defaults in ADDED_LATER.items():
+        if isinstance(fields.get(group), dict):
+            fields[group] = {k: v for k, v in fields[group].items() if k not in defaults or v != defaults[k]}
     for group, names in RUNTIME_ONLY.items():
         if isinstance(fields.get(group), dict):
             # the generator's knobs mean nothing to a dataset folder: they select no other run either

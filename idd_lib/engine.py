@@ -175,7 +175,7 @@ class TrainingRun:
 
     @property
     def amp(self) -> bool:
-        return self.cfg.train.amp and self.cuda
+        return self.cfg.train.amp and (self.cuda or self.cfg.train.cpu_amp)
 
     @property
     def checkpoint(self) -> Path:
@@ -191,7 +191,11 @@ def setup(cfg: RunConfig, folder: Path, teacher: Segmentor | None, fresh: bool) 
     """Data, networks, loss terms and optimiser of a run, in the order that fixes its random draws."""
     started, device = time.time(), _device(cfg)
     cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cfg.train.channels_last and cuda else torch.contiguous_format
+    fast = cuda or cfg.train.cpu_amp
+    memory_format = torch.channels_last if cfg.train.channels_last and fast else torch.contiguous_format
+    if cfg.train.cpu_amp and not cuda and cfg.train.amp and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("train.cpu_amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated and "
+                      "slower than fp32; set train.cpu_amp=false", stacklevel=3)
     torch.backends.cudnn.benchmark = cuda  # fixed training crops: the autotuned kernels are reused
     # every rank draws the same random numbers (dropout, CIRKD's queue keys), so replicated state stays equal
     seed_everything(cfg.train.seed)

@@ -24,6 +24,16 @@ def test_overrides_are_typed_and_validated():
         apply_overrides(cfg, {"train.iterations": "many"})
 
 
+def test_an_option_added_later_keeps_the_digests_from_before_it():
+    cfg = get_profile("default").run_config("idd", 0)
+    before = cfg.to_dict()  # the fields as they were before train.cpu_amp existed
+    for group in ("train", "teacher_train"):
+        before[group] = {k: v for k, v in before[group].items() if k != "cpu_amp"}
+    plain = apply_overrides(cfg, {"train.cpu_amp": "false"})
+    assert plain.digest() == config.fields_digest(before)
+    assert apply_overrides(cfg, {"train.cpu_amp": "true"}).digest() != plain.digest()
+
+
 @pytest.mark.parametrize("text, message", [("idd=-1", "finite number >= 0"), ("idd=nan", "finite number >= 0"),
                                            ("idd=abc", "not a number"), ("idd", "key=value")])
 def test_bad_weights_are_clear_errors(text, message):

@@ -22,6 +22,19 @@ def test_same_seed_twice_gives_identical_metrics(tiny_profile, tmp_path, monkeyp
         [r["loss/total"] for r in rows_a]
 
 
+def test_cpu_amp_trains_in_bf16_repeatably_and_warns_without_native_bf16(tiny_profile, tmp_path, monkeypatch):
+    def losses(result):
+        return [r["loss/total"] for r in runs.read_metrics(result["run_dir"]) if "loss/total" in r]
+
+    fp32 = runs.run_student(tiny_profile, "idd", seed=0, progress=False)
+    bf16 = runs.run_student(tiny_profile, "idd", seed=0, options={"train.cpu_amp": "true"}, progress=False)
+    monkeypatch.setenv("IDD_RESULTS", str(tmp_path / "again"))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="train.cpu_amp: this CPU has no native bf16"):
+        again = runs.run_student(tiny_profile, "idd", seed=0, options={"train.cpu_amp": "true"}, progress=False)
+    assert losses(bf16) != losses(fp32) and losses(again) == losses(bf16)
+
+
 def test_run_folder_contents_and_logged_terms(tiny_profile):
     result = runs.run_student(tiny_profile, "idd+pid", seed=0, progress=False)
     folder = engine.Path(result["run_dir"])
