@@ -27,3 +27,8 @@ def cache_root() -> Path:
 def profile_dir(profile: str) -> Path:
     """Everything one profile's study writes: runs/, figures/, tables/, notebooks/, REPORT.md."""
     return results_root() / profile
+
+
+def reference_dir(profile: str, root: Path | None = None) -> Path:
+    """The reference results the project carries for ``profile`` (``make verify``, committed tuning)."""
+    return (root or project_root() / "reference") / profile

@@ -374,10 +374,11 @@ def _comparison_markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, floatfmt=".3g")
 
 
-def _verdict_section(folder: Path, runs: pd.DataFrame) -> list[str]:
+def _verdict_section(folder: Path, runs: pd.DataFrame, tuning_folder: Path | None) -> list[str]:
     from .verdict import RULE, verdict_markdown, verdict_table
 
-    tables, tuning = folder / "tables", _read_csv(folder / "tuning" / "confirmation.csv")
+    tables = folder / "tables"
+    tuning = _read_csv(tuning_folder / "confirmation.csv") if tuning_folder else None
     tuned = tuning[tuning["setting"] == "tuned"] if tuning is not None else None
     table = verdict_table(runs, _read_csv(tables / "position_probe_seeds.csv"),
                           _read_csv(tables / "position_sweep_seeds.csv"), tuned)
@@ -438,11 +439,10 @@ def tuned_method_table(confirmation: pd.DataFrame, runs: pd.DataFrame, teacher_m
     return pd.DataFrame(rows)
 
 
-def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) -> list[str]:
+def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float, tuning: Path | None) -> list[str]:
     import json
 
-    tuning = folder / "tuning"
-    confirmation = _read_csv(tuning / "confirmation.csv")
+    confirmation = _read_csv(tuning / "confirmation.csv") if tuning else None
     if confirmation is None:
         return ["## Tuned settings", "", "_no tuning results: `make tune PROFILE=<profile>` (idd_lib/tuning.py) "
                 "tunes every method with an equal budget on the `tune` split_", ""]
@@ -451,11 +451,13 @@ def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) -> li
     return [
         "## Tuned settings",
         "",
-        f"Every method tuned with the same budget: {record['trials']} settings (its default included) x seeds "
+        f"Methods tuned: {', '.join(f'`{m}`' for m in confirmation['method'].unique())}, each with the same budget: "
+        f"{record['trials']} settings (its default included) x seeds "
         f"{', '.join(map(str, record['tune_seeds']))} on the held-out `tune` split, selected by mean tune mIoU; the "
         f"selected and the default setting then ran with seeds {', '.join(map(str, record['seeds']))}, reported on "
         f"`val`. Command `{record['command']}`, commit `{record['commit'][:10]}`, "
-        f"{record['tuning_runs'] + record['confirmation_runs']} runs, {record['wall_time_s'] / 3600:.1f} h.",
+        f"{record['tuning_runs'] + record['confirmation_runs']} runs, {record['wall_time_s'] / 3600:.1f} h"
+        + (f"; {record['source']}, not re-run by this study." if record.get("source") else "."),
         "",
         markdown,
         "",
@@ -496,6 +498,7 @@ def write_report(profile) -> Path:
     from .presets import get_profile
     from .rundir import read_result
     from .runs import teacher_dir
+    from .tuning import adopt_committed_tuning
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     folder = profile_dir(profile.name)
@@ -504,10 +507,11 @@ def write_report(profile) -> Path:
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     runs = default_runs(frame)
     origin = _teacher_origin(teacher_dir(profile))
+    tuning = adopt_committed_tuning(profile)
     lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"], origin),
-             *_verdict_section(folder, runs), *_students_section(folder),
+             *_verdict_section(folder, runs, tuning), *_students_section(folder),
              *_comparisons_section(folder, runs, teacher_result["miou"]),
-             *_tuning_section(folder, runs, teacher_result["miou"]), *_distances_section(folder),
+             *_tuning_section(folder, runs, teacher_result["miou"], tuning), *_distances_section(folder),
              *_position_section(folder, profile),
              *_benchmark_and_runs_section(folder, provenance_md, profile.data.dataset == "synthetic")]
     path = folder / "REPORT.md"

@@ -20,6 +20,7 @@ import argparse
 import json
 import random
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ DEFAULT_TRIALS = 6
 DEFAULT_TUNE_SEEDS = (0, 1)
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 DEFAULT_SETTING_INCLUDED = True   # trial 0 of every method is its default setting
+TUNING = "tuning"                 # the folder of a profile's tuning results (results/<profile>/, reference/<profile>/)
 
 
 def _exact(value: float) -> str:
@@ -245,15 +247,49 @@ def run_tuning(profile: Profile, methods: Sequence[str], trials: int, tune_seeds
     run_sweep(profile, confirm, **(sweep or {}))
     confirmation = confirmation_table(best, grid_results(profile, confirm))
     record = {"command": command, "profile": profile.name, "options": dict(profile.options),
+              "profile_digest": profile_digest(profile),
               "commit": git["commit"], "dirty": git["dirty"], "methods": list(methods), "trials": trials,
               "tune_seeds": list(tune_seeds), "seeds": list(seeds), "sampler": "seeded random draws without "
               "replacement from each method's grid", "sampler_seed": sampler_seed,
               "default_setting_included": DEFAULT_SETTING_INCLUDED, "tuning_runs": len(grid),
               "confirmation_runs": len(confirm), "selection": "highest mean tune mIoU per method",
               "wall_time_s": round(time.time() - started, 1)}
-    folder = profile_dir(profile.name) / "tuning"
+    folder = profile_dir(profile.name) / TUNING
     write_outputs(folder, tried, best, confirmation, record)
     return folder
+
+
+def profile_digest(profile: Profile) -> str:
+    """What tuning results belong to: the digest of the profile's baseline run (data, networks, schedule)."""
+    from .runs import student_config
+
+    return student_config(profile, "baseline", 0, check=False).digest()
+
+
+def adopt_committed_tuning(profile: Profile) -> Path | None:
+    """The profile's tuning folder: ``results/<profile>/tuning`` when ``make tune`` ran here, else a
+    copy of the committed ``reference/<profile>/tuning`` when it was tuned at this profile's digest
+    (its ``tuning.json`` then says ``source``; a stale copy is replaced or removed); None when neither."""
+    from .paths import profile_dir, reference_dir
+    from .rundir import atomic_write_text, staged_folder
+
+    folder, committed = profile_dir(profile.name) / TUNING, reference_dir(profile.name) / TUNING
+    if (folder / "confirmation.csv").is_file() and "source" not in _record(folder):
+        return folder
+    if _record(committed).get("profile_digest") != profile_digest(profile):
+        if "source" in _record(folder):  # an adopted copy of an earlier reference
+            shutil.rmtree(folder, ignore_errors=True)
+        return None
+    with staged_folder(folder) as staging:
+        shutil.copytree(committed, staging, dirs_exist_ok=True)
+        record = {**_record(committed), "source": f"committed with the project (reference/{profile.name}/{TUNING}/)"}
+        atomic_write_text(staging / "tuning.json", json.dumps(record, indent=2) + "\n")
+    return folder
+
+
+def _record(folder: Path) -> dict[str, Any]:
+    path = folder / "tuning.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:

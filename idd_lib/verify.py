@@ -34,10 +34,11 @@ import pandas as pd
 from scipy import stats
 
 from .config import Profile
-from .paths import profile_dir, project_root
+from .paths import profile_dir, reference_dir
 from .presets import get_profile
 from .report import current_results, paired_difference, results_frame, summarize
 from .teachers import file_sha256
+from .tuning import TUNING
 from .rundir import (MODEL, RESULT, RunFileError, atomic_write_text, now, read_json, read_provenance, read_result,
                      staged_folder)
 
@@ -55,10 +56,6 @@ RULE = ("Rule: exact = every per-seed number equals the reference's to the last 
 
 class VerifyError(ValueError):
     """Results or a reference that cannot be compared; the message names the file and what was expected."""
-
-
-def reference_dir(profile: str, root: Path | None = None) -> Path:
-    return (root or project_root() / "reference") / profile
 
 
 # --- the per-seed table of a results folder ---------------------------------------------------
@@ -131,15 +128,20 @@ def _notebook_times(folder: Path) -> dict[str, float]:
 
 
 def write_reference(profile: Profile | str, root: Path | None = None) -> Path:
-    """Write ``reference/<profile>/`` from ``results/<profile>/``: runs.csv, the probe table, machine.json."""
+    """Write ``reference/<profile>/`` from ``results/<profile>/``: runs.csv, the probe table, machine.json,
+    and the tuning results (``make tune``) when the results folder has them, else the reference's own."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     results = _current(profile)
     probe = profile_dir(profile.name) / "tables" / f"{PROBE}.csv"
+    tuning = [folder for folder in (profile_dir(profile.name) / TUNING, reference_dir(profile.name, root) / TUNING)
+              if (folder / "tuning.json").is_file()]
     with staged_folder(reference_dir(profile.name, root)) as staging:
         runs_table(results).to_csv(staging / RUNS, index=False)
         if probe.is_file():
             (staging / "tables").mkdir()
             shutil.copyfile(probe, staging / "tables" / probe.name)
+        if tuning:
+            shutil.copytree(tuning[0], staging / TUNING)
         atomic_write_text(staging / MACHINE, json.dumps(machine_record(profile, results), indent=2) + "\n")
     return reference_dir(profile.name, root)
 

@@ -111,8 +111,9 @@ def test_cli_errors_are_one_line(capsys):
 
 
 @pytest.mark.slow
-def test_tuning_end_to_end_on_the_quick_profile(tmp_path):
-    """The CLI at the quick profile with tiny schedules: trials on tune, selection, confirmation on val."""
+def test_tuning_end_to_end_on_the_quick_profile(tmp_path, monkeypatch):
+    """The CLI at the quick profile with tiny schedules: trials on tune, selection, confirmation on val;
+    then its results committed as a reference and adopted by a study without its own."""
     options = "train.iterations=2,teacher_train.iterations=2,train.eval_every=0"
     code = tuning.main(["--profile", "quick", "--options", options, "--methods", "kd",
                         "--trials", "2", "--tune-seeds", "0", "--seeds", "0,1"])
@@ -127,3 +128,15 @@ def test_tuning_end_to_end_on_the_quick_profile(tmp_path):
     confirmation = pd.read_csv(folder / "confirmation.csv")
     assert set(confirmation["setting"]) == {"default", "tuned"} and confirmation["miou"].notna().all()
     assert (folder / "figures" / "tuning.png").is_file() and (folder / "selection.csv").is_file()
+    # committed with the project: a study without its own tuning adopts it, at the same profile only
+    import shutil
+    from idd_lib import paths, presets
+    project = tmp_path / "project"
+    shutil.copytree(folder, paths.reference_dir("quick", project / "reference") / "tuning")
+    shutil.rmtree(folder)
+    monkeypatch.setattr(paths, "project_root", lambda start=None: project)
+    adopted = tuning.adopt_committed_tuning(presets.study_profile("quick", options))
+    assert adopted == folder and "committed with the project" in json.loads((folder / "tuning.json").read_text())["source"]
+    assert pd.read_csv(folder / "confirmation.csv").equals(confirmation)
+    assert tuning.adopt_committed_tuning(presets.study_profile("quick", options + ",train.iterations=3")) is None
+    assert not folder.exists()  # the adopted copy of another profile's tuning is gone

@@ -107,6 +107,19 @@ def test_a_reference_written_from_a_folder_verifies_it_exactly(profile, tmp_path
     assert "OTHER weights: your students learn from another teacher" in verify.verify("tiny", tmp_path / "reference")[0]
 
 
+def test_the_reference_carries_the_tuning_results_and_keeps_them(profile, tmp_path):
+    write_study(profile)
+    tuned = paths.profile_dir("tiny") / "tuning"
+    tuned.mkdir()
+    (tuned / "tuning.json").write_text('{"methods": ["kd"]}')
+    (tuned / "confirmation.csv").write_text("method,seed,miou\nkd,0,50.0\n")
+    reference = verify.write_reference("tiny", tmp_path / "reference")
+    assert (reference / "tuning" / "confirmation.csv").read_text() == "method,seed,miou\nkd,0,50.0\n"
+    shutil.rmtree(tuned)  # a study without its own tuning keeps the committed one
+    verify.write_reference("tiny", tmp_path / "reference")
+    assert (reference / "tuning" / "tuning.json").read_text() == '{"methods": ["kd"]}'
+
+
 def test_a_changed_reference_number_is_reported_and_exits_nonzero(profile, tmp_path, capsys):
     write_study(profile)
     verify.write_reference("tiny", tmp_path / "reference")
