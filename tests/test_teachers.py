@@ -73,6 +73,8 @@ def test_the_shipped_teacher_is_installed_instead_of_trained(trained, shipped, n
     assert source["artifact"] == str(shipped) and len(source["manifest_sha256"]) == 64
     assert teachers.is_installed_copy(folder) and not teachers.is_installed_copy(original)
     assert report._teacher_origin(folder).startswith(f"The shipped teacher (`{shipped}`), trained at commit")
+    cpu = json.loads((shipped / teachers.MANIFEST).read_text())["machine"]["cpu"]
+    assert f"on {cpu}; installed" in report._teacher_origin(folder)
     assert report._teacher_origin(original) == "Trained by this study."
     # a second call finds the finished teacher in the cache: nothing is installed again
     runs.ensure_teacher(profile, progress=False)

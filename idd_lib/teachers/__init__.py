@@ -148,7 +148,9 @@ def _write_installed(staging: Path, folder: Path, cfg: RunConfig, manifest: dict
     package = Path(__file__).resolve().parent
     artifact = f"idd_lib/teachers/{source.name}" if source.resolve().parent == package else str(source)
     shipped = {"artifact": artifact, "manifest_sha256": file_sha256(source / MANIFEST), "installed": now()}
-    atomic_write_text(staging / PROVENANCE, json.dumps({**manifest["provenance"], "source": shipped}, indent=2))
+    # the manifest's machine facts where the training's own provenance predates them
+    provenance = {"machine": manifest.get("machine"), **manifest["provenance"], "source": shipped}
+    atomic_write_text(staging / PROVENANCE, json.dumps(provenance, indent=2))
     # the result as the training wrote it; its location is the cache folder's, not the staging one's
     atomic_write_text(staging / RESULT, json.dumps({**manifest["result"], "run_dir": relative_location(folder)},
                                                    indent=2))
