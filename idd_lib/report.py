@@ -361,6 +361,16 @@ def default_runs(frame: pd.DataFrame) -> pd.DataFrame:
     return runs[["method", "label", "seed", "miou", "tune_miou", "pearson"]]
 
 
+def with_tuning_defaults(runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> pd.DataFrame:
+    """The study's default-setting runs plus the tuning's default-setting runs of the methods the study
+    does not run (``tuning/confirmation.csv``), so the comparisons and the verdict's strongest
+    competitor see every method that has default-setting seeds."""
+    if confirmation is None:
+        return runs
+    extra = confirmation[(confirmation["setting"] == "default") & ~confirmation["method"].isin(runs["method"])]
+    return pd.concat([runs, extra.assign(label=extra["method"])[runs.columns]], ignore_index=True)
+
+
 def _read_csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
@@ -403,7 +413,8 @@ def _comparisons_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) 
     return [
         "## Comparisons: paired differences, Holm-corrected",
         "",
-        "Val mIoU, default settings. Family `vs baseline`: every method against the baseline (`gap_closed`: share "
+        "Val mIoU, default settings (the study's runs and, for methods it does not run, the tuning's default-setting "
+        "runs). Family `vs baseline`: every method against the baseline (`gap_closed`: share "
         "of the teacher-baseline gap its mean closes); family `idd vs others`: IDD against every other method. "
         "`p_holm`: Holm's correction within a family; `mdd`: the smallest paired difference a two-sided test at "
         "alpha 0.05 detects with power 0.8 at this n and spread.",
@@ -505,9 +516,9 @@ def write_report(profile) -> Path:
     teacher_result = read_result(teacher_dir(profile))
     frame = results_frame(current_results(profile))
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
-    runs = default_runs(frame)
     origin = _teacher_origin(teacher_dir(profile))
     tuning = adopt_committed_tuning(profile)
+    runs = with_tuning_defaults(default_runs(frame), _read_csv(tuning / "confirmation.csv") if tuning else None)
     lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"], origin),
              *_verdict_section(folder, runs, tuning), *_students_section(folder),
              *_comparisons_section(folder, runs, teacher_result["miou"]),

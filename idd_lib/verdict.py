@@ -12,7 +12,8 @@ Claims and their evidence (seed-paired differences, :mod:`idd_lib.comparisons`):
   (``tables/position_sweep_seeds.csv``), PID's paired gain ``idd+pid - idd`` (PID added to KD + IDD) averaged over the
   informative priors (> 0) minus its gain at prior 0;
 * (e) IDD+PID vs the strongest baseline (the competing method with the highest mean *tune* mIoU,
-  val where no run has tune numbers): val mIoU, ``idd+pid - strongest``.
+  val where no run has tune numbers, among every method with runs in that setting: under default
+  settings the study's and the tuning's default-setting runs): val mIoU, ``idd+pid - strongest``.
 
 Reading, the same rule for every row (:data:`RULE`): p-values are Holm-corrected across the rows of
 one setting; **supported** when the effect points the claimed way with corrected p < 0.05; **not

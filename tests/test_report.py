@@ -166,6 +166,10 @@ def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch
                                   "seed": r["seed"], "miou": r["miou"] + (1.0 if setting == "tuned" else 0),
                                   "tune_miou": r["miou"], "pearson": 0.9}
                                  for r in rows if r["method"] != "baseline" for setting in ("default", "tuned")])
+    # a method the study does not run, tuned only: far above idd+pid on tune and val
+    rival = confirmation[confirmation["method"] == "idd+pid"].assign(method="cwd", miou=lambda f: f["miou"] + 10 + 0.5 * (f["seed"] % 2),
+                                                                    tune_miou=lambda f: f["tune_miou"] + 10)
+    confirmation = pd.concat([confirmation, rival], ignore_index=True)
     confirmation.to_csv(tuning / "confirmation.csv", index=False)
     (tuning / "tuning.json").write_text(json.dumps({"trials": 6, "tune_seeds": [0, 1], "seeds": [0, 1, 2, 3, 4],
                                                     "command": "python -m idd_lib.tuning --profile tiny",
@@ -176,8 +180,12 @@ def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch
     assert verdict.loc[("default", "a"), "reading"] == "supported"              # idd 2 points above kd on 5 seeds
     assert verdict.loc[("default", "c"), "reading"] == "missing"                # 07 has not written its tables
     assert verdict.loc[("tuned", "a"), "n"] == 5
+    for setting in ("default", "tuned"):  # the strongest competitor is the tuning's cwd, in both settings
+        assert "idd+pid − cwd" in verdict.loc[(setting, "e"), "evidence"]
+        assert verdict.loc[(setting, "e"), "reading"] == "not supported"
     assert "## Verdict" in text and "## Comparisons" in text and "python -m idd_lib.tuning --profile tiny" in text
     comparisons = pd.read_csv(folder / "tiny" / "tables" / "comparisons.csv")
     assert set(comparisons["family"]) == {"vs baseline", "idd vs others"} and comparisons["n"].eq(5).all()
+    assert (comparisons["method"] == "cwd").sum() == 1 and (comparisons["reference"] == "cwd").sum() == 1
     tuned = pd.read_csv(folder / "tiny" / "tables" / "tuned_methods.csv").set_index("method")
     assert tuned.loc["idd", "tuned setting"] == "w=2" and "(n 5)" in tuned.loc["idd", "tuned mIoU"]

@@ -107,13 +107,19 @@ def test_a_reference_written_from_a_folder_verifies_it_exactly(profile, tmp_path
     assert "OTHER weights: your students learn from another teacher" in verify.verify("tiny", tmp_path / "reference")[0]
 
 
-def test_the_reference_carries_the_tuning_results_and_keeps_them(profile, tmp_path):
+def test_the_reference_holds_the_study_and_carries_the_tuning_results(profile, tmp_path):
     write_study(profile)
     tuned = paths.profile_dir("tiny") / "tuning"
     tuned.mkdir()
     (tuned / "tuning.json").write_text('{"methods": ["kd"]}')
     (tuned / "confirmation.csv").write_text("method,seed,miou\nkd,0,50.0\n")
+    write_run(profile, "cwd", 0, 70.0, np.random.default_rng(0))  # a wider ablation's method in the same folder
+    write_run(profile, "kd", 7, 70.0, np.random.default_rng(0))
+    tuned_run = runs.run_dir(profile, runs.student_config(profile, "kd", 7, check=False))
+    rundir.write_result(tuned_run, {**rundir.read_result(tuned_run), "tag": "kd=2"})  # a tuning trial
     reference = verify.write_reference("tiny", tmp_path / "reference")
+    table = pd.read_csv(reference / verify.RUNS)
+    assert len(table) == 12 and "cwd" not in set(table["method"]) and 7 not in set(table["seed"])
     assert (reference / "tuning" / "confirmation.csv").read_text() == "method,seed,miou\nkd,0,50.0\n"
     shutil.rmtree(tuned)  # a study without its own tuning keeps the committed one
     verify.write_reference("tiny", tmp_path / "reference")
