@@ -274,20 +274,22 @@ def adopt_committed_tuning(profile: Profile) -> Path | None:
     from .rundir import atomic_write_text, staged_folder
 
     folder, committed = profile_dir(profile.name) / TUNING, reference_dir(profile.name) / TUNING
-    if (folder / "confirmation.csv").is_file() and "source" not in _record(folder):
+    if (folder / "confirmation.csv").is_file() and "source" not in tuning_record(folder):
         return folder
-    if _record(committed).get("profile_digest") != profile_digest(profile):
-        if "source" in _record(folder):  # an adopted copy of an earlier reference
+    if tuning_record(committed).get("profile_digest") != profile_digest(profile):
+        if "source" in tuning_record(folder):  # an adopted copy of an earlier reference
             shutil.rmtree(folder, ignore_errors=True)
         return None
     with staged_folder(folder) as staging:
         shutil.copytree(committed, staging, dirs_exist_ok=True)
-        record = {**_record(committed), "source": f"committed with the project (reference/{profile.name}/{TUNING}/)"}
+        source = f"committed with the project (reference/{profile.name}/{TUNING}/)"
+        record = {**tuning_record(committed), "source": source}
         atomic_write_text(staging / "tuning.json", json.dumps(record, indent=2) + "\n")
     return folder
 
 
-def _record(folder: Path) -> dict[str, Any]:
+def tuning_record(folder: Path) -> dict[str, Any]:
+    """A tuning folder's ``tuning.json`` (empty when it has none)."""
     path = folder / "tuning.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 

@@ -38,7 +38,7 @@ from .paths import profile_dir, reference_dir
 from .presets import get_profile
 from .report import current_results, paired_difference, results_frame, summarize
 from .teachers import file_sha256
-from .tuning import TUNING
+from .tuning import TUNING, tuning_record
 from .rundir import (MODEL, RESULT, RunFileError, atomic_write_text, now, read_json, read_provenance, read_result,
                      staged_folder)
 
@@ -140,7 +140,7 @@ def write_reference(profile: Profile | str, root: Path | None = None) -> Path:
     results = _current(profile)
     probe = profile_dir(profile.name) / "tables" / f"{PROBE}.csv"
     tuning = [folder for folder in (profile_dir(profile.name) / TUNING, reference_dir(profile.name, root) / TUNING)
-              if (folder / "tuning.json").is_file()]
+              if (folder / "tuning.json").is_file() and "source" not in tuning_record(folder)]  # not an adopted copy
     with staged_folder(reference_dir(profile.name, root)) as staging:
         runs_table(results).to_csv(staging / RUNS, index=False)
         if probe.is_file():

@@ -121,7 +121,9 @@ def test_the_reference_holds_the_study_and_carries_the_tuning_results(profile, t
     table = pd.read_csv(reference / verify.RUNS)
     assert len(table) == 12 and "cwd" not in set(table["method"]) and 7 not in set(table["seed"])
     assert (reference / "tuning" / "confirmation.csv").read_text() == "method,seed,miou\nkd,0,50.0\n"
-    shutil.rmtree(tuned)  # a study without its own tuning keeps the committed one
+    shutil.rmtree(tuned)  # a study without its own tuning (or with an adopted copy) keeps the committed one
+    tuned.mkdir()
+    (tuned / "tuning.json").write_text('{"methods": ["idd"], "source": "committed with the project"}')
     verify.write_reference("tiny", tmp_path / "reference")
     assert (reference / "tuning" / "tuning.json").read_text() == '{"methods": ["kd"]}'
 
