@@ -232,8 +232,10 @@ def test_ctrl_c_stops_the_workers_cleanly_and_the_next_call_continues(tmp_path, 
                "--seeds", "0", "--executor", "local", "--threads", "1", "--no-progress"]
     profile = presets.study_profile("quick", options)
     folder = sweep.run_folder(profile, study.ablation_grid(profile, "kd", "0")[0])
+    # a terminal's foreground job: SIGINT at its default even where this test runs as a background job
+    # (which a non-interactive shell starts with SIGINT ignored, and a child inherits that)
     sweeping = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_checkpoint(folder)
     worker = read_claim(folder)["pid"]
     os.killpg(sweeping.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
