@@ -112,6 +112,10 @@ class TrainConfig:
     seed: int = 0
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def accelerated(self, cuda: bool) -> bool:
+        """Whether ``amp`` and ``channels_last`` apply: on CUDA, and on CPU with ``cpu_amp``."""
+        return cuda or self.cpu_amp
+
 
 @dataclass(frozen=True)
 class KDConfig:

@@ -175,7 +175,7 @@ class TrainingRun:
 
     @property
     def amp(self) -> bool:
-        return self.cfg.train.amp and (self.cuda or self.cfg.train.cpu_amp)
+        return self.cfg.train.amp and self.cfg.train.accelerated(self.cuda)
 
     @property
     def checkpoint(self) -> Path:
@@ -191,8 +191,8 @@ def setup(cfg: RunConfig, folder: Path, teacher: Segmentor | None, fresh: bool) 
     """Data, networks, loss terms and optimiser of a run, in the order that fixes its random draws."""
     started, device = time.time(), _device(cfg)
     cuda = device.type == "cuda"
-    fast = cuda or cfg.train.cpu_amp
-    memory_format = torch.channels_last if cfg.train.channels_last and fast else torch.contiguous_format
+    channels_last = cfg.train.channels_last and cfg.train.accelerated(cuda)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if cfg.train.cpu_amp and not cuda and cfg.train.amp and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         warnings.warn("train.cpu_amp: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is emulated and "
                       "slower than fp32; set train.cpu_amp=false", stacklevel=3)

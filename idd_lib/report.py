@@ -384,12 +384,11 @@ def _comparison_markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, floatfmt=".3g")
 
 
-def _verdict_section(folder: Path, runs: pd.DataFrame, tuning_folder: Path | None) -> list[str]:
+def _verdict_section(folder: Path, runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> list[str]:
     from .verdict import RULE, verdict_markdown, verdict_table
 
     tables = folder / "tables"
-    tuning = _read_csv(tuning_folder / "confirmation.csv") if tuning_folder else None
-    tuned = tuning[tuning["setting"] == "tuned"] if tuning is not None else None
+    tuned = confirmation[confirmation["setting"] == "tuned"] if confirmation is not None else None
     table = verdict_table(runs, _read_csv(tables / "position_probe_seeds.csv"),
                           _read_csv(tables / "position_sweep_seeds.csv"), tuned)
     write_table(table, tables / "verdict")
@@ -450,10 +449,10 @@ def tuned_method_table(confirmation: pd.DataFrame, runs: pd.DataFrame, teacher_m
     return pd.DataFrame(rows)
 
 
-def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float, tuning: Path | None) -> list[str]:
+def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float, tuning: Path | None,
+                    confirmation: pd.DataFrame | None) -> list[str]:
     import json
 
-    confirmation = _read_csv(tuning / "confirmation.csv") if tuning else None
     if confirmation is None:
         return ["## Tuned settings", "", "_no tuning results: `make tune PROFILE=<profile>` (idd_lib/tuning.py) "
                 "tunes every method with an equal budget on the `tune` split_", ""]
@@ -518,11 +517,12 @@ def write_report(profile) -> Path:
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     origin = _teacher_origin(teacher_dir(profile))
     tuning = adopt_committed_tuning(profile)
-    runs = with_tuning_defaults(default_runs(frame), _read_csv(tuning / "confirmation.csv") if tuning else None)
+    confirmation = _read_csv(tuning / "confirmation.csv") if tuning else None
+    runs = with_tuning_defaults(default_runs(frame), confirmation)
     lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"], origin),
-             *_verdict_section(folder, runs, tuning), *_students_section(folder),
+             *_verdict_section(folder, runs, confirmation), *_students_section(folder),
              *_comparisons_section(folder, runs, teacher_result["miou"]),
-             *_tuning_section(folder, runs, teacher_result["miou"], tuning), *_distances_section(folder),
+             *_tuning_section(folder, runs, teacher_result["miou"], tuning, confirmation), *_distances_section(folder),
              *_position_section(folder, profile),
              *_benchmark_and_runs_section(folder, provenance_md, profile.data.dataset == "synthetic")]
     path = folder / "REPORT.md"

@@ -274,16 +274,17 @@ def adopt_committed_tuning(profile: Profile) -> Path | None:
     from .rundir import atomic_write_text, staged_folder
 
     folder, committed = profile_dir(profile.name) / TUNING, reference_dir(profile.name) / TUNING
-    if (folder / "confirmation.csv").is_file() and "source" not in tuning_record(folder):
+    adopted, committed_record = "source" in tuning_record(folder), tuning_record(committed)
+    if (folder / "confirmation.csv").is_file() and not adopted:
         return folder
-    if tuning_record(committed).get("profile_digest") != profile_digest(profile):
-        if "source" in tuning_record(folder):  # an adopted copy of an earlier reference
+    if committed_record.get("profile_digest") != profile_digest(profile):
+        if adopted:  # a copy of an earlier reference
             shutil.rmtree(folder, ignore_errors=True)
         return None
     with staged_folder(folder) as staging:
         shutil.copytree(committed, staging, dirs_exist_ok=True)
         source = f"committed with the project (reference/{profile.name}/{TUNING}/)"
-        record = {**tuning_record(committed), "source": source}
+        record = {**committed_record, "source": source}
         atomic_write_text(staging / "tuning.json", json.dumps(record, indent=2) + "\n")
     return folder
 
