@@ -19,7 +19,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: study tune test lab kernel install lock clean-results teacher ship-teacher verify reference
 
+# a new venv takes about 6.3 GB (torch's CUDA build): say so before pip runs out of disk half-way
+VENV_GB := 7
 $(STAMP): pyproject.toml $(LOCK)
+	test -x $(PY) || $(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+	  sys.exit(free < $(VENV_GB) and f"make install: the virtual environment needs about $(VENV_GB) GB free, $(CURDIR) has {free:.1f} GB")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r $(LOCK)
