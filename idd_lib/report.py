@@ -449,6 +449,14 @@ def tuned_method_table(confirmation: pd.DataFrame, runs: pd.DataFrame, teacher_m
     return pd.DataFrame(rows)
 
 
+def _tuning_runs(record: dict) -> str:
+    """How many runs a tuning record covers and, where it says so, how many its command trained."""
+    if "distinct_runs" not in record:  # a record written before these fields
+        return f"{record['tuning_runs'] + record['confirmation_runs']} grid entries"
+    return (f"{record['distinct_runs']} runs ({record['runs_trained']} trained by the command, the others "
+            "finished before)")
+
+
 def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float, tuning: Path | None,
                     confirmation: pd.DataFrame | None) -> list[str]:
     import json
@@ -466,7 +474,7 @@ def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float, tunin
         f"{', '.join(map(str, record['tune_seeds']))} on the held-out `tune` split, selected by mean tune mIoU; the "
         f"selected and the default setting then ran with seeds {', '.join(map(str, record['seeds']))}, reported on "
         f"`val`. Command `{record['command']}`, commit `{record['commit'][:10]}`, "
-        f"{record['tuning_runs'] + record['confirmation_runs']} runs, {record['wall_time_s'] / 3600:.1f} h"
+        f"{_tuning_runs(record)}, {record['wall_time_s'] / 3600:.1f} h"
         + (f"; {record['source']}, not re-run by this study." if record.get("source") else "."),
         "",
         markdown,

@@ -240,11 +240,13 @@ def run_tuning(profile: Profile, methods: Sequence[str], trials: int, tune_seeds
 
     started, git = time.time(), git_state()
     grid = tuning_grid(profile, methods, trials, tune_seeds, sampler_seed)
-    run_sweep(profile, grid, **(sweep or {}))
+    swept = [run_sweep(profile, grid, **(sweep or {}))]
     tried = grid_results(profile, grid)
     best = select_best(tried.to_dict("records"))
     confirm = confirmation_grid(profile, best, seeds)
-    run_sweep(profile, confirm, **(sweep or {}))
+    swept.append(run_sweep(profile, confirm, **(sweep or {})))
+    table = pd.concat(swept, ignore_index=True)
+    trained = table[table["state"] != "skipped"]  # the rest were finished before (the default's trials reappear)
     confirmation = confirmation_table(best, grid_results(profile, confirm))
     record = {"command": command, "profile": profile.name, "options": dict(profile.options),
               "profile_digest": profile_digest(profile),
@@ -252,7 +254,8 @@ def run_tuning(profile: Profile, methods: Sequence[str], trials: int, tune_seeds
               "tune_seeds": list(tune_seeds), "seeds": list(seeds), "sampler": "seeded random draws without "
               "replacement from each method's grid", "sampler_seed": sampler_seed,
               "default_setting_included": DEFAULT_SETTING_INCLUDED, "tuning_runs": len(grid),
-              "confirmation_runs": len(confirm), "selection": "highest mean tune mIoU per method",
+              "confirmation_runs": len(confirm), "distinct_runs": int(table["run"].nunique()),
+              "runs_trained": int(trained["run"].nunique()), "selection": "highest mean tune mIoU per method",
               "wall_time_s": round(time.time() - started, 1)}
     folder = profile_dir(profile.name) / TUNING
     write_outputs(folder, tried, best, confirmation, record)

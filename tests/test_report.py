@@ -174,7 +174,8 @@ def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch
     (tuning / "tuning.json").write_text(json.dumps({"trials": 6, "tune_seeds": [0, 1], "seeds": [0, 1, 2, 3, 4],
                                                     "command": "python -m idd_lib.tuning --profile tiny",
                                                     "commit": "abcdef1234567", "tuning_runs": 36,
-                                                    "confirmation_runs": 30, "wall_time_s": 7200}))
+                                                    "confirmation_runs": 30, "distinct_runs": 59,
+                                                    "runs_trained": 41, "wall_time_s": 7200}))
     text = report.write_report("tiny").read_text()
     verdict = pd.read_csv(folder / "tiny" / "tables" / "verdict.csv").set_index(["setting", "claim"])
     assert verdict.loc[("default", "a"), "reading"] == "supported"              # idd 2 points above kd on 5 seeds
@@ -184,6 +185,7 @@ def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch
         assert "idd+pid − cwd" in verdict.loc[(setting, "e"), "evidence"]
         assert verdict.loc[(setting, "e"), "reading"] == "not supported"
     assert "## Verdict" in text and "## Comparisons" in text and "python -m idd_lib.tuning --profile tiny" in text
+    assert "59 runs (41 trained by the command, the others finished before), 2.0 h" in text
     comparisons = pd.read_csv(folder / "tiny" / "tables" / "comparisons.csv")
     assert set(comparisons["family"]) == {"vs baseline", "idd vs others"} and comparisons["n"].eq(5).all()
     assert (comparisons["method"] == "cwd").sum() == 1 and (comparisons["reference"] == "cwd").sum() == 1

@@ -123,6 +123,9 @@ def test_tuning_end_to_end_on_the_quick_profile(tmp_path, monkeypatch):
     record = json.loads((folder / "tuning.json").read_text())
     assert record["trials"] == 2 and record["tuning_runs"] == 2 and record["default_setting_included"]
     assert record["command"].startswith("python -m idd_lib.tuning") and record["wall_time_s"] > 0
+    tuned_elsewhere = pd.read_csv(folder / "selection.csv")["tag"].notna().all()
+    # 2 trials on seed 0; the default again on seeds 0 (the same run) and 1, the best one on 0 and 1
+    assert record["runs_trained"] == record["distinct_runs"] == 3 + tuned_elsewhere
     trials = pd.read_csv(folder / "trials.csv")
     assert "miou" not in trials and trials["tune_miou"].notna().all() and len(trials) == 2
     confirmation = pd.read_csv(folder / "confirmation.csv")
