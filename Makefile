@@ -5,6 +5,8 @@ PROFILE ?= default
 OPTIONS ?=
 # make tune: methods (empty = every distillation method), settings per method, seeds of each trial and of the confirmation
 METHODS ?=
+# base options of some methods, carried by all their settings (a cheaper variant): "cirkd:loss.cirkd.contrast_sample=total;..."
+METHOD_OPTIONS ?=
 TRIALS ?= 6
 TUNE_SEEDS ?= 0,1
 SEEDS ?= 0,1,2,3,4
@@ -40,6 +42,7 @@ study: $(STAMP)
 # equal tuning budget per method on the tune split, then best vs default setting on val (idd_lib/tuning.py)
 tune: $(STAMP)
 	$(PY) -m idd_lib.tuning --profile $(PROFILE) --options "$(OPTIONS)" $(if $(METHODS),--methods "$(METHODS)") \
+	  $(if $(METHOD_OPTIONS),--method-options "$(METHOD_OPTIONS)") \
 	  --trials $(TRIALS) --tune-seeds $(TUNE_SEEDS) --seeds $(SEEDS) --executor "$(EXECUTOR)" \
 	  --workers "$(or $(WORKERS),1)" $(if $(THREADS),--threads $(THREADS))
 

@@ -368,7 +368,15 @@ def with_tuning_defaults(runs: pd.DataFrame, confirmation: pd.DataFrame | None) 
     if confirmation is None:
         return runs
     extra = confirmation[(confirmation["setting"] == "default") & ~confirmation["method"].isin(runs["method"])]
-    return pd.concat([runs, extra.assign(label=extra["method"])[runs.columns]], ignore_index=True)
+    return pd.concat([runs, extra.assign(label=default_labels(extra))[runs.columns]], ignore_index=True)
+
+
+def default_labels(confirmation: pd.DataFrame) -> pd.Series:
+    """Each confirmation row's method, named with its default setting's tag where the tuning gave
+    the method base options (``make tune METHOD_OPTIONS=...``): that default is a variant."""
+    tags = confirmation[confirmation["setting"] == "default"].groupby("method")["tag"].first().fillna("")
+    tag = confirmation["method"].map(tags).fillna("")
+    return confirmation["method"] + tag.map(lambda t: f" [{t}]" if t else "")
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -435,9 +443,9 @@ def tuned_method_table(confirmation: pd.DataFrame, runs: pd.DataFrame, teacher_m
         part = confirmation[confirmation["setting"] == setting].assign(label=lambda f: f["method"])
         table = comparison_table(pd.concat([base, part[base.columns.intersection(part.columns)]]), teacher=teacher_miou)
         columns[setting] = table[table["family"] == "vs baseline"].set_index("method")
-    rows = []
+    rows, labels = [], default_labels(confirmation)
     for method, group in confirmation.groupby("method", sort=False):
-        row = {"method": method, "tuned setting": next(iter(group.loc[group["setting"] == "tuned", "tag"].fillna("")),
+        row = {"method": labels[group.index[0]], "tuned setting": next(iter(group.loc[group["setting"] == "tuned", "tag"].fillna("")),
                                                        "") or "(default)"}
         for setting in ("default", "tuned"):
             values = group[group["setting"] == setting]["miou"]

@@ -73,11 +73,12 @@ def _default_point(method: str) -> tuple[float, ...]:
     return tuple(point)
 
 
-def _setting(method: str, point: Sequence[float]) -> dict[str, str]:
+def _setting(method: str, point: Sequence[float], base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The grid fields of one point: only what differs from the default (the default setting has
-    empty weights and options, so it is the default table's run, reused)."""
+    empty weights and options, so it is the default table's run, reused), plus the method's
+    ``base`` options, which every setting of it carries (its default too)."""
     default = _default_point(method)
-    weights, options = {}, {}
+    weights, options = {}, dict(base or {})
     for (axis, _), value, base in zip(dimensions(method), point, default):
         if value == base:
             continue
@@ -91,8 +92,10 @@ def _setting(method: str, point: Sequence[float]) -> dict[str, str]:
             "tag": override_tag(weights, options)}
 
 
-def settings(method: str, trials: int, sampler_seed: int = 0) -> list[dict[str, str]]:
-    """``trials`` settings of ``method``: its default first, then distinct seeded draws."""
+def settings(method: str, trials: int, sampler_seed: int = 0,
+             base: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """``trials`` settings of ``method``: its default first, then distinct seeded draws; each with
+    the method's ``base`` options."""
     if trials < 1:
         raise ValueError(f"trials: expected at least 1 setting per method, got {trials}")
     axes = dimensions(method)
@@ -106,18 +109,35 @@ def settings(method: str, trials: int, sampler_seed: int = 0) -> list[dict[str, 
         point = tuple(rng.choice(values) for _, values in axes)
         if point not in chosen:
             chosen.append(point)
-    return [_setting(method, point) for point in chosen]
+    return [_setting(method, point, base) for point in chosen]
+
+
+def parse_method_options(text: str) -> dict[str, dict[str, str]]:
+    """``"cirkd:loss.cirkd.contrast_sample=total; cirkd-mem:..."`` -> the base options per method."""
+    from .config import parse_assignments
+
+    chosen: dict[str, dict[str, str]] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        method, sep, options = item.partition(":")
+        if not sep or method.strip() not in METHODS:
+            raise ValueError(f"method-options: expected '<method>:<key>=<value>,...' items separated by ';' with "
+                             f"a method of {sorted(METHODS)}, got {item!r}")
+        chosen[method.strip()] = parse_assignments(options, f"method-options of {method.strip()}")
+    return chosen
 
 
 def tuning_grid(profile: Profile, methods: Sequence[str], trials: int = DEFAULT_TRIALS,
-                tune_seeds: Sequence[int] = DEFAULT_TUNE_SEEDS, sampler_seed: int = 0) -> list[dict[str, Any]]:
+                tune_seeds: Sequence[int] = DEFAULT_TUNE_SEEDS, sampler_seed: int = 0,
+                method_options: Mapping[str, Mapping[str, str]] | None = None) -> list[dict[str, Any]]:
     """Every method's settings x ``tune_seeds``, in ``study.ablation_grid``'s form; every run is
-    checked before the first one trains."""
+    checked before the first one trains. ``method_options``: base options per method (a cheaper
+    variant where its default costs too much), carried by all its settings."""
     from .config import parse_assignments, parse_weights
     from .runs import student_config
 
-    grid = [{"method": m, "seed": s, **setting} for m in methods for setting in settings(m, trials, sampler_seed)
-            for s in tune_seeds]
+    base = method_options or {}
+    grid = [{"method": m, "seed": s, **setting} for m in methods
+            for setting in settings(m, trials, sampler_seed, base.get(m)) for s in tune_seeds]
     for run in grid:
         student_config(profile, run["method"], run["seed"], parse_weights(run["weights"]),
                        parse_assignments(run["options"], "options"))
@@ -148,8 +168,8 @@ SETTING = ["method", "weights", "options", "tag"]
 
 def select_best(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Per method, the setting with the highest mean ``tune_miou`` over its seeds (ties: the earlier
-    setting, the default first). Reads the setting's fields, its seed and ``tune_miou`` only: no
-    validation number can influence the choice."""
+    setting, the default first), and the default's options, tag and mean. Reads the setting's
+    fields, its seed and ``tune_miou`` only: no validation number can influence the choice."""
     rows = [{**{k: t[k] for k in SETTING}, "seed": t["seed"], "tune_miou": float(t["tune_miou"])} for t in trials]
     frame = pd.DataFrame(rows, columns=[*SETTING, "seed", "tune_miou"])
     if frame["tune_miou"].isna().any():
@@ -157,8 +177,9 @@ def select_best(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     means = frame.groupby(SETTING, sort=False).agg(tune_miou=("tune_miou", "mean"), seeds=("seed", "nunique"))
     means = means.reset_index()
     best = means.loc[means.groupby("method", sort=False)["tune_miou"].idxmax()].reset_index(drop=True)
-    default = means[(means["weights"] == "") & (means["options"] == "")].set_index("method")["tune_miou"]
-    best["default_tune_miou"] = best["method"].map(default)
+    default = means.groupby("method", sort=False).head(1).set_index("method")  # trials come in grid order: default first
+    for column in ("options", "tag", "tune_miou"):
+        best[f"default_{column}"] = best["method"].map(default[column])
     return best
 
 
@@ -168,7 +189,8 @@ def confirmation_grid(profile: Profile, best: pd.DataFrame, seeds: Sequence[int]
     grid = []
     for row in best.to_dict("records"):
         chosen = {"weights": row["weights"], "options": row["options"], "tag": row["tag"]}
-        for setting in [{"weights": "", "options": "", "tag": ""}] + ([chosen] if chosen["tag"] else []):
+        default = {"weights": "", "options": row["default_options"], "tag": row["default_tag"]}
+        for setting in [default] + ([chosen] if chosen["tag"] != default["tag"] else []):
             grid += [{"method": row["method"], "seed": int(s), **setting} for s in seeds]
     return grid
 
@@ -179,7 +201,7 @@ def confirmation_table(best: pd.DataFrame, results: pd.DataFrame) -> pd.DataFram
     rows = []
     for row in best.to_dict("records"):
         mine = results[results["method"] == row["method"]]
-        for setting, tag in (("default", ""), ("tuned", row["tag"])):
+        for setting, tag in (("default", row["default_tag"]), ("tuned", row["tag"])):
             for run in mine[mine["tag"] == tag].to_dict("records"):
                 rows.append({"method": row["method"], "setting": setting, "tag": tag, "seed": run["seed"],
                              "miou": run["miou"], "tune_miou": run["tune_miou"], "pearson": run["pearson"]})
@@ -231,15 +253,17 @@ def write_outputs(folder: Path, trials: pd.DataFrame, best: pd.DataFrame, confir
 
 
 def run_tuning(profile: Profile, methods: Sequence[str], trials: int, tune_seeds: Sequence[int],
-               seeds: Sequence[int], sampler_seed: int, command: str, sweep: Mapping[str, Any] | None = None) -> Path:
+               seeds: Sequence[int], sampler_seed: int, command: str, sweep: Mapping[str, Any] | None = None,
+               method_options: Mapping[str, Mapping[str, str]] | None = None) -> Path:
     """Tune, select on ``tune``, confirm on ``val``; returns the tuning folder. ``sweep``: how the
-    grids train (:func:`idd_lib.sweep.run_sweep`'s executor, workers, threads, slurm), inline by default."""
+    grids train (:func:`idd_lib.sweep.run_sweep`'s executor, workers, threads, slurm), inline by default;
+    ``method_options``: :func:`tuning_grid`'s."""
     from .paths import profile_dir
     from .provenance import git_state
     from .sweep import run_sweep
 
     started, git = time.time(), git_state()
-    grid = tuning_grid(profile, methods, trials, tune_seeds, sampler_seed)
+    grid = tuning_grid(profile, methods, trials, tune_seeds, sampler_seed, method_options)
     swept = [run_sweep(profile, grid, **(sweep or {}))]
     tried = grid_results(profile, grid)
     best = select_best(tried.to_dict("records"))
@@ -250,7 +274,8 @@ def run_tuning(profile: Profile, methods: Sequence[str], trials: int, tune_seeds
     confirmation = confirmation_table(best, grid_results(profile, confirm))
     record = {"command": command, "profile": profile.name, "options": dict(profile.options),
               "profile_digest": profile_digest(profile),
-              "commit": git["commit"], "dirty": git["dirty"], "methods": list(methods), "trials": trials,
+              "commit": git["commit"], "dirty": git["dirty"], "methods": list(methods), "method_options": {m: dict(o) for m, o in (method_options or {}).items()},
+              "trials": trials,
               "tune_seeds": list(tune_seeds), "seeds": list(seeds), "sampler": "seeded random draws without "
               "replacement from each method's grid", "sampler_seed": sampler_seed,
               "default_setting_included": DEFAULT_SETTING_INCLUDED, "tuning_runs": len(grid),
@@ -322,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="seeds of the confirmation")
     parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the settings' draws")
     parser.add_argument("--options", default="", help='profile options, e.g. "train.iterations=100"')
+    parser.add_argument("--method-options", default="", help="base options of some methods, carried by all their "
+                        'settings: "cirkd:loss.cirkd.contrast_sample=total;cirkd-mem:..."')
     parser.add_argument("--executor", default="inline", help="how the grids train: inline, local or slurm (idd_lib.sweep)")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -331,9 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         for method in methods:
             get_method(method)
+        method_options = parse_method_options(args.method_options)
+        if set(method_options) - set(methods):
+            raise ValueError(f"method-options: {sorted(set(method_options) - set(methods))} not among the methods tuned")
         folder = run_tuning(study_profile(args.profile, args.options), methods, args.trials,
                             _ints(args.tune_seeds, "tune-seeds"), _ints(args.seeds, "seeds"), args.sampler_seed,
-                            command, {"executor": args.executor, "workers": args.workers, "threads": args.threads})
+                            command, {"executor": args.executor, "workers": args.workers, "threads": args.threads},
+                            method_options)
     except (ValueError, FileNotFoundError, study.StudyError, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

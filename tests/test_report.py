@@ -191,3 +191,10 @@ def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch
     assert (comparisons["method"] == "cwd").sum() == 1 and (comparisons["reference"] == "cwd").sum() == 1
     tuned = pd.read_csv(folder / "tiny" / "tables" / "tuned_methods.csv").set_index("method")
     assert tuned.loc["idd", "tuned setting"] == "w=2" and "(n 5)" in tuned.loc["idd", "tuned mIoU"]
+
+
+def test_a_tuned_methods_default_with_base_options_is_named_as_the_variant():
+    confirmation = pd.DataFrame({"method": ["cirkd", "cirkd", "kd", "kd"], "setting": ["default", "tuned"] * 2,
+                                 "tag": ["cirkd.contrast_sample=total", "cirkd=2,cirkd.contrast_sample=total",
+                                         float("nan"), "kd=2"], "seed": 0, "miou": 1.0})
+    assert list(report.default_labels(confirmation)) == ["cirkd [cirkd.contrast_sample=total]"] * 2 + ["kd", "kd"]

@@ -96,11 +96,30 @@ def test_selection_refuses_runs_without_tune_numbers():
 
 def test_confirmation_runs_default_and_best_with_every_seed():
     best = pd.DataFrame([{"method": "kd", "weights": "kd=2", "options": "", "tag": "kd=2"},
-                         {"method": "idd", "weights": "", "options": "", "tag": ""}])
+                         {"method": "idd", "weights": "", "options": "", "tag": ""}]).assign(default_options="",
+                                                                                            default_tag="")
     grid = tuning.confirmation_grid(get_profile("quick"), best, seeds=(0, 1, 2, 3, 4))
     frame = pd.DataFrame(grid)
     assert len(frame[frame["method"] == "kd"]) == 10 and len(frame[frame["method"] == "idd"]) == 5
     assert sorted(frame[frame["tag"] == "kd=2"]["seed"]) == [0, 1, 2, 3, 4]
+
+
+def test_method_options_are_carried_by_every_setting_the_default_included():
+    base = tuning.parse_method_options(" cirkd-mem: loss.cirkd.contrast_sample=total ;")
+    assert base == {"cirkd-mem": {"loss.cirkd.contrast_sample": "total"}}
+    grid = tuning.tuning_grid(get_profile("quick"), ["cirkd-mem", "kd"], trials=3, tune_seeds=(0,), method_options=base)
+    mine = [run for run in grid if run["method"] == "cirkd-mem"]
+    assert len(mine) == 3 and all("loss.cirkd.contrast_sample=total" in run["options"] for run in mine)
+    assert mine[0]["weights"] == "" and mine[0]["tag"] == "cirkd.contrast_sample=total"
+    assert [run["tag"] for run in grid if run["method"] == "kd"][0] == ""   # other methods keep their defaults
+    trials = [{**run, "tune_miou": 50.0 - index} for index, run in enumerate(grid)]   # the default wins
+    best = tuning.select_best(trials).set_index("method")
+    assert best.loc["cirkd-mem", "default_tag"] == best.loc["cirkd-mem", "tag"] == "cirkd.contrast_sample=total"
+    confirm = tuning.confirmation_grid(get_profile("quick"), best.reset_index(), seeds=(0, 1))
+    assert [run["options"] for run in confirm if run["method"] == "cirkd-mem"] == ["loss.cirkd.contrast_sample=total"] * 2
+    for bad in ("cirkd-mem", "nope:loss.cirkd.contrast_sample=total", "cirkd:contrast_sample"):
+        with pytest.raises(ValueError, match="method-options"):
+            tuning.parse_method_options(bad)
 
 
 def test_cli_errors_are_one_line(capsys):
@@ -108,6 +127,8 @@ def test_cli_errors_are_one_line(capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert tuning.main(["--profile", "quick", "--methods", "kd", "--seeds", "a"]) == 1
     assert "seeds: expected comma-separated integers" in capsys.readouterr().err
+    assert tuning.main(["--profile", "quick", "--methods", "kd", "--method-options", "cirkd:loss.cirkd.temperature=1"]) == 1
+    assert "['cirkd'] not among the methods tuned" in capsys.readouterr().err
 
 
 @pytest.mark.slow
