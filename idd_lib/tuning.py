@@ -79,8 +79,8 @@ def _setting(method: str, point: Sequence[float], base: Mapping[str, str] | None
     ``base`` options, which every setting of it carries (its default too)."""
     default = _default_point(method)
     weights, options = {}, dict(base or {})
-    for (axis, _), value, base in zip(dimensions(method), point, default):
-        if value == base:
+    for (axis, _), value, default_value in zip(dimensions(method), point, default):
+        if value == default_value:
             continue
         if axis.startswith("weight:"):
             weights[axis.split(":", 1)[1]] = value
@@ -274,8 +274,8 @@ def run_tuning(profile: Profile, methods: Sequence[str], trials: int, tune_seeds
     confirmation = confirmation_table(best, grid_results(profile, confirm))
     record = {"command": command, "profile": profile.name, "options": dict(profile.options),
               "profile_digest": profile_digest(profile),
-              "commit": git["commit"], "dirty": git["dirty"], "methods": list(methods), "method_options": {m: dict(o) for m, o in (method_options or {}).items()},
-              "trials": trials,
+              "commit": git["commit"], "dirty": git["dirty"], "methods": list(methods),
+              "method_options": {m: dict(o) for m, o in (method_options or {}).items()}, "trials": trials,
               "tune_seeds": list(tune_seeds), "seeds": list(seeds), "sampler": "seeded random draws without "
               "replacement from each method's grid", "sampler_seed": sampler_seed,
               "default_setting_included": DEFAULT_SETTING_INCLUDED, "tuning_runs": len(grid),
