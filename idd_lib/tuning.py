@@ -219,7 +219,7 @@ def tuning_figure(trials: pd.DataFrame, confirmation: pd.DataFrame):
     for x, method in enumerate(methods):
         mine = means[means["method"] == method]
         left.scatter([x] * len(mine), mine["tune_miou"], s=14, color="tab:blue")
-        default = mine[mine["tag"] == ""]
+        default = mine.head(1)   # grid order: the default first (with the method's base options, if any)
         left.scatter([x] * len(default), default["tune_miou"], s=60, facecolors="none", edgecolors="k")
     summary = confirmation.groupby(["method", "setting"], sort=False)["miou"].agg(["mean", "std"]).reset_index()
     for offset, (setting, colour) in zip((-0.15, 0.15), (("default", "tab:gray"), ("tuned", "tab:orange"))):
