@@ -74,9 +74,9 @@ def _default_point(method: str) -> tuple[float, ...]:
 
 
 def _setting(method: str, point: Sequence[float], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The grid fields of one point: only what differs from the default (the default setting has
-    empty weights and options, so it is the default table's run, reused), plus the method's
-    ``base`` options, which every setting of it carries (its default too)."""
+    """The grid fields of one point: the method's ``base`` options, which every setting of it
+    carries, plus what differs from the default (without base options the default setting has empty
+    weights and options, so it is the default table's run, reused)."""
     default = _default_point(method)
     weights, options = {}, dict(base or {})
     for (axis, _), value, default_value in zip(dimensions(method), point, default):
@@ -118,11 +118,11 @@ def parse_method_options(text: str) -> dict[str, dict[str, str]]:
 
     chosen: dict[str, dict[str, str]] = {}
     for item in filter(None, (part.strip() for part in text.split(";"))):
-        method, sep, options = item.partition(":")
-        if not sep or method.strip() not in METHODS:
+        method, sep, options = (part.strip() for part in item.partition(":"))
+        if not sep or method not in METHODS:
             raise ValueError(f"method-options: expected '<method>:<key>=<value>,...' items separated by ';' with "
                              f"a method of {sorted(METHODS)}, got {item!r}")
-        chosen[method.strip()] = parse_assignments(options, f"method-options of {method.strip()}")
+        chosen[method] = parse_assignments(options, f"method-options of {method}")
     return chosen
 
 
@@ -136,6 +136,8 @@ def tuning_grid(profile: Profile, methods: Sequence[str], trials: int = DEFAULT_
     from .runs import student_config
 
     base = method_options or {}
+    if set(base) - set(methods):
+        raise ValueError(f"method-options: {sorted(set(base) - set(methods))} not among the methods tuned")
     grid = [{"method": m, "seed": s, **setting} for m in methods
             for setting in settings(m, trials, sampler_seed, base.get(m)) for s in tune_seeds]
     for run in grid:
@@ -358,13 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         for method in methods:
             get_method(method)
-        method_options = parse_method_options(args.method_options)
-        if set(method_options) - set(methods):
-            raise ValueError(f"method-options: {sorted(set(method_options) - set(methods))} not among the methods tuned")
         folder = run_tuning(study_profile(args.profile, args.options), methods, args.trials,
                             _ints(args.tune_seeds, "tune-seeds"), _ints(args.seeds, "seeds"), args.sampler_seed,
                             command, {"executor": args.executor, "workers": args.workers, "threads": args.threads},
-                            method_options)
+                            parse_method_options(args.method_options))
     except (ValueError, FileNotFoundError, study.StudyError, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

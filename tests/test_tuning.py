@@ -117,6 +117,8 @@ def test_method_options_are_carried_by_every_setting_the_default_included():
     assert best.loc["cirkd-mem", "default_tag"] == best.loc["cirkd-mem", "tag"] == "cirkd.contrast_sample=total"
     confirm = tuning.confirmation_grid(get_profile("quick"), best.reset_index(), seeds=(0, 1))
     assert [run["options"] for run in confirm if run["method"] == "cirkd-mem"] == ["loss.cirkd.contrast_sample=total"] * 2
+    with pytest.raises(ValueError, match=r"\['cirkd-mem'\] not among the methods tuned"):
+        tuning.tuning_grid(get_profile("quick"), ["kd"], method_options=base)
     for bad in ("cirkd-mem", "nope:loss.cirkd.contrast_sample=total", "cirkd:contrast_sample"):
         with pytest.raises(ValueError, match="method-options"):
             tuning.parse_method_options(bad)
