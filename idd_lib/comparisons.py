@@ -6,11 +6,17 @@ differences ``d_s = a_s - b_s`` over the ``n`` shared seeds: effect ``mean(d)``,
 ``mean(d) ± t_{0.975, n-1} sd(d)/sqrt(n)``, two-sided paired t-test p-value (scipy's
 ``ttest_rel``). Families of comparisons are corrected with Holm's step-down method
 (statsmodels ``multipletests``). The minimum detectable difference at the design's ``n`` is the
-paired difference a two-sided test at alpha 0.05 finds with power 0.8, given the observed
-``sd(d)`` (statsmodels ``TTestPower``): ``d_min = effect_size(n, 0.05, 0.8) x sd(d)``.
+paired difference the row's own test finds with power 0.8, given the observed ``sd(d)``
+(statsmodels ``TTestPower``): ``d_min = effect_size(n, alpha_step, 0.8) x sd(d)``, at the alpha
+Holm's step-down procedure tests that row at (``alpha_step = 0.05 / (m - rank)`` for the row of
+rank ``rank`` among the family's ``m`` sorted p-values), since that is the alpha the decision uses.
+Rows that decide nothing also say how many seeds a test at that alpha would need to find the
+smallest effect of interest (:data:`MIOU_SESOI` for mIoU) with power 0.8.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +25,8 @@ from scipy import stats
 
 ALPHA = 0.05
 POWER = 0.8
+MIOU_SESOI = 1.0  # mIoU points: the smallest accuracy difference of interest (docs/analysis.md)
+MAX_SEEDS = 100  # seeds_needed reports more than this as inf
 
 
 def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float]:
@@ -51,15 +59,53 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def minimum_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The paired difference a two-sided t-test on ``n`` seeds detects with ``power`` at ``alpha``,
-    for differences of standard deviation ``sd``; NaN below 2 seeds or without a spread."""
+def holm_step_alphas(pvalues: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
+    """The alpha each p-value is compared with at its step of Holm's procedure: ``alpha / (m - rank)``
+    for the ``rank``-th smallest of the ``m`` valid p-values (ties keep their order); NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    steps = np.full_like(p, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    steps[order] = alpha / (len(order) - np.arange(len(order)))
+    return steps
+
+
+def minimum_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER,
+                                  alternative: str = "two-sided") -> float:
+    """The paired difference a t-test on ``n`` seeds detects with ``power`` at ``alpha``
+    (``alternative`` as statsmodels names it: "two-sided" or "larger"), for differences of
+    standard deviation ``sd``; NaN below 2 seeds, without a spread or without an alpha."""
     from statsmodels.stats.power import TTestPower
 
-    if n < 2 or not sd > 0:
+    if n < 2 or not sd > 0 or not alpha > 0:
         return float("nan")
-    size = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    size = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative=alternative)
     return float(size) * sd
+
+
+def seeds_needed(sd: float, effect: float = MIOU_SESOI, alpha: float = ALPHA, power: float = POWER,
+                 alternative: str = "two-sided") -> float:
+    """The fewest seeds with which a paired t-test at ``alpha`` finds ``effect`` with ``power``, given
+    differences of standard deviation ``sd``; NaN without a spread, inf beyond :data:`MAX_SEEDS`."""
+    from statsmodels.stats.power import TTestPower
+
+    if not sd > 0 or not alpha > 0 or not effect > 0:
+        return float("nan")
+    test, size = TTestPower(), effect / sd
+    if test.power(effect_size=size, nobs=2, alpha=alpha, alternative=alternative) >= power:
+        return 2.0
+    try:  # the root of power(n) = target, then the first whole n at or above it
+        with warnings.catch_warnings():  # no root is answered below; statsmodels' warning would say it again
+            warnings.simplefilter("ignore")
+            root = test.solve_power(effect_size=size, nobs=None, alpha=alpha, power=power, alternative=alternative)
+        n = max(2, math.ceil(float(root)))
+    except (ValueError, RuntimeError, OverflowError):  # no root (NaN): beyond any practical n
+        return math.inf
+    if n > MAX_SEEDS:
+        return math.inf
+    while n > 2 and test.power(effect_size=size, nobs=n - 1, alpha=alpha, alternative=alternative) >= power:
+        n -= 1  # the root finder's tolerance can overshoot by one
+    return float(n)
 
 
 def gap_closed(student: float, baseline: float, teacher: float) -> float:
@@ -68,18 +114,25 @@ def gap_closed(student: float, baseline: float, teacher: float) -> float:
     return float((student - baseline) / gap) if gap else float("nan")
 
 
+COMPARE_COLUMNS = ["family", "method", "reference", "n", "effect", "ci_low", "ci_high", "p", "p_holm", "sd",
+                   "alpha_step", "mdd", "seeds_needed"]
+
+
 def compare(by_seed: dict[str, pd.Series], pairs: Sequence[tuple[str, str]], family: str) -> pd.DataFrame:
     """One row per ``(method, reference)`` pair with the paired statistics, the Holm correction
-    across the pairs (one family) and the minimum detectable difference."""
-    rows = []
-    for method, reference in pairs:
-        stat = paired_difference(by_seed[method], by_seed[reference])
-        rows.append({"family": family, "method": method, "reference": reference, **stat,
-                     "mdd": minimum_detectable_difference(stat["sd"], stat["n"])})
-    table = pd.DataFrame(rows, columns=["family", "method", "reference", "n", "effect", "ci_low", "ci_high", "p",
-                                        "sd", "mdd"])
-    table.insert(table.columns.get_loc("p") + 1, "p_holm", holm(table["p"].to_numpy()) if len(table) else [])
-    return table
+    across the pairs (one family), the alpha of the row's Holm step, the minimum detectable
+    difference at that alpha, and, for rows Holm does not reject, the seeds that would find
+    :data:`MIOU_SESOI` at that alpha."""
+    rows = [{"family": family, "method": method, "reference": reference,
+             **paired_difference(by_seed[method], by_seed[reference])} for method, reference in pairs]
+    table = pd.DataFrame(rows, columns=COMPARE_COLUMNS[:8] + ["sd"])
+    p = table["p"].to_numpy(dtype=float)
+    table["p_holm"], table["alpha_step"] = holm(p), holm_step_alphas(p)
+    table["mdd"] = [minimum_detectable_difference(sd, n, alpha) for sd, n, alpha
+                    in zip(table["sd"], table["n"], table["alpha_step"])]
+    table["seeds_needed"] = [float("nan") if held < ALPHA else seeds_needed(sd, MIOU_SESOI, alpha)
+                             for held, sd, alpha in zip(table["p_holm"], table["sd"], table["alpha_step"])]
+    return table[COMPARE_COLUMNS]
 
 
 def comparison_table(frame: pd.DataFrame, value: str = "miou", baseline: str = "baseline", focus: str = "idd",

@@ -384,8 +384,8 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 
 
 def _comparison_markdown(table: pd.DataFrame) -> str:
-    columns = [c for c in ("family", "method", "reference", "n", "effect", "ci_low", "ci_high", "p", "p_holm", "mdd",
-                           "gap_closed") if c in table]
+    columns = [c for c in ("family", "method", "reference", "n", "effect", "ci_low", "ci_high", "p", "p_holm",
+                           "alpha_step", "mdd", "seeds_needed", "gap_closed") if c in table]
     if not len(table):
         return "_no comparisons yet_"
     shown = table[columns].astype(object).where(table[columns].notna(), "")   # blank, not nan, below 2 seeds
@@ -393,7 +393,7 @@ def _comparison_markdown(table: pd.DataFrame) -> str:
 
 
 def _verdict_section(folder: Path, runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> list[str]:
-    from .verdict import RULE, verdict_markdown, verdict_table
+    from .verdict import RULE, sesoi_markdown, verdict_markdown, verdict_table
 
     tables = folder / "tables"
     tuned = confirmation[confirmation["setting"] == "tuned"] if confirmation is not None else None
@@ -404,16 +404,24 @@ def _verdict_section(folder: Path, runs: pd.DataFrame, confirmation: pd.DataFram
         "## Verdict",
         "",
         "One row per claim, under the default settings of every method and under each method's setting tuned on "
-        "the held-out `tune` split (equal budget, `make tune`): seed-paired difference (effect), its 95% t-interval, "
-        f"Holm-corrected p, n seeds, and the smallest difference the design detects. Reading rule: {RULE}",
+        "the held-out `tune` split (equal budget, `make tune`). `origin`: a claim of the paper (its abstract) or a "
+        "hypothesis of this study. Columns: n seeds, the seed-paired difference (effect) and its 95% t-interval, "
+        "the claim's smallest effect of interest (SESOI), the Holm-corrected p of the directional test and of "
+        "TOST's upper test, the alpha of the row's Holm step, the smallest difference the directional test "
+        "detects at that alpha (power 0.8), and, where inconclusive, the seeds that would find the SESOI. "
+        f"Reading rule: {RULE}",
         "",
         verdict_markdown(table),
+        "",
+        "The smallest effects of interest, declared before the data (docs/analysis.md gives their reasons):",
+        "",
+        sesoi_markdown(),
         "",
     ]
 
 
 def _comparisons_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) -> list[str]:
-    from .comparisons import comparison_table
+    from .comparisons import MIOU_SESOI, comparison_table
 
     table = comparison_table(runs.assign(label=runs["method"]), teacher=teacher_miou)
     write_table(table, folder / "tables" / "comparisons")
@@ -423,8 +431,10 @@ def _comparisons_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) 
         "Val mIoU, default settings (the study's runs and, for methods it does not run, the tuning's default-setting "
         "runs). Family `vs baseline`: every method against the baseline (`gap_closed`: share "
         "of the teacher-baseline gap its mean closes); family `idd vs others`: IDD against every other method. "
-        "`p_holm`: Holm's correction within a family; `mdd`: the smallest paired difference a two-sided test at "
-        "alpha 0.05 detects with power 0.8 at this n and spread.",
+        "`p_holm`: Holm's correction within a family; `alpha_step`: the alpha Holm's step-down procedure tests "
+        "the row at; `mdd`: the smallest paired difference a two-sided test at that alpha detects with power 0.8 "
+        "at this n and spread; `seeds_needed`: for rows Holm does not reject, the seeds that test would need to "
+        f"find {MIOU_SESOI:g} mIoU.",
         "",
         _comparison_markdown(table),
         "",

@@ -1,27 +1,35 @@
 """Check a study's fresh results against the reference results the project carries (``make verify``).
 
 ``reference/<profile>/`` holds the reference study: ``runs.csv`` (one row per student run: method,
-seed, config digest, validation mIoU, per-class IoU, and the distance-matrix agreement with the
-teacher), ``tables/position_probe.csv`` (the position probe's table) and ``machine.json`` (CPU model,
-threads, torch build, commit, wall times, teacher). ``python -m idd_lib.verify --write-reference``
-writes it from ``results/<profile>/``; ``python -m idd_lib.verify`` compares ``results/<profile>/``
-with it, per method and metric:
+seed, config digest, validation and tune mIoU, per-class IoU, and the distance-matrix agreement with
+the teacher), ``tables/`` (the position probe's table, and the per-seed probe and sweep tables the
+verdict reads), ``tuning/`` (the committed tuning) and ``machine.json`` (CPU model, threads, torch
+build, commit, wall times, teacher). ``python -m idd_lib.verify --write-reference`` writes it from
+``results/<profile>/``; ``python -m idd_lib.verify`` compares ``results/<profile>/`` with it by
+numbers within tolerances and by conclusions:
 
 * **exact**: every per-seed number equals the reference's to the last digit (expected on the same
   CPU type, thread count and torch build: the runs are deterministic there);
-* **agree**: the means differ by less than what the two seed spreads explain: Welch's two-sided
-  t-test does not reject equal means at the 5% level, i.e. ``|mean difference| <= t(0.975, df) * SE``
-  with ``SE = sqrt(s_ref^2/n_ref + s_yours^2/n_yours)`` and Welch-Satterthwaite ``df``;
-* **differs** otherwise, or **missing** (a method or seed of the reference that did not run).
+* **agree**: an equivalence test within a tolerance derived from the seed spread: the 90% Welch
+  interval of the difference of means lies inside ``± TOLERANCE x s`` (``s``: the two sides'
+  pooled seed standard deviation), i.e. both one-sided Welch tests of TOST reject a difference as
+  large as the tolerance at 5%;
+* **differs** otherwise (the interval reaches beyond the tolerance), or **missing** (a method or seed
+  of the reference that did not run), or **undetermined** (one value on a side: no spread to judge by).
 
-It also says which qualitative conclusions hold: the ordering of the methods by mean mIoU, and the
-sign (and significance) of each method's paired difference to the baseline. A conclusion fails
-only where the reference itself is significant (paired t-test, p < 0.05); the exit status is 1
-when a number differs, is missing, or a conclusion fails, and 2 on an error.
+The same test decides each claim of the verdict (:mod:`idd_lib.verdict`), on its seed-paired effect
+with the paired differences' spread, and the claim's reading is compared: the same reading holds; a
+neighbouring reading (supported or not supported against inconclusive) with an agreeing effect is
+**borderline** (a test near its threshold flips on noise: it is shown, and does not fail); opposite
+readings (supported against not supported), an effect that differs, or a changed sign where the
+reference's interval excludes 0 **fail**. The exit status is 1 when a number differs, is missing,
+or a conclusion fails, and 2 on an error. benchmarks/verify_false_alarm.py measures how often the
+rule fails faithful reproductions and passes one that lost a result.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -43,15 +51,18 @@ from .rundir import (MODEL, RESULT, RunFileError, atomic_write_text, now, read_j
                      staged_folder)
 
 ALPHA = 0.05
+TOLERANCE = 3.0  # seed standard deviations: the margin of the equivalence test (docs/reproducibility.md)
 RUNS, MACHINE = "runs.csv", "machine.json"
-PROBE = "position_probe"  # the analysis table compared from its means and stds (no per-seed values are kept)
+PROBE = "position_probe"  # the analysis table compared from its means and stds
+SEED_TABLES = ("position_probe_seeds", "position_sweep_seeds")  # the per-seed tables the verdict reads
 KEYS = ("method", "seed", "config_digest", "miou")
 PASSING = ("exact", "agree")
-RULE = ("Rule: exact = every per-seed number equals the reference's to the last digit (same CPU type, thread\n"
-        "count and torch build); agree = |difference of the means| <= bound = t(0.975, df) x sqrt(s_ref^2/n_ref +\n"
-        "s_yours^2/n_yours), i.e. Welch's t-test does not reject equal means at 5% (the seed spreads explain the\n"
-        "difference); undetermined = one value on a side and not exact (no spread to judge by; does not fail).\n"
-        "A changed ordering or sign fails only where the reference's paired t-test is significant (p < 0.05).")
+RULE = (f"Rule: exact = every per-seed number equals the reference's to the last digit (same CPU type, thread\n"
+        f"count and torch build); agree = the 90% Welch interval of the difference of means lies inside\n"
+        f"± {TOLERANCE:g} x the pooled seed sd (TOST at 5%); undetermined = one value on a side (does not fail).\n"
+        "Claims: the verdict's effects by the same test on the paired differences, and their readings: the same\n"
+        "reading holds; a neighbouring one with an agreeing effect is borderline (does not fail); opposite readings,\n"
+        "a differing effect, or a changed sign where the reference's 95% CI excludes 0 fail.")
 
 
 class VerifyError(ValueError):
@@ -83,7 +94,7 @@ def runs_table(results: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for run in results_frame(results).to_dict("records"):
         row = {"method": run["label"], "seed": int(run["seed"]), "config_digest": run["config_digest"],
-               "miou": run["miou"]}
+               "miou": run["miou"], "tune_miou": run.get("tune_miou", math.nan)}
         row.update({f"iou/{name}": value for name, value in zip(run["class_names"], run["per_class_iou"])})
         row.update({k: v for k, v in run.items() if k.startswith("agreement/")})
         rows.append(row)
@@ -138,14 +149,14 @@ def write_reference(profile: Profile | str, root: Path | None = None) -> Path:
     and the tuning results (``make tune``) when the results folder has them, else the reference's own."""
     profile = get_profile(profile) if isinstance(profile, str) else profile
     results = _current(profile)
-    probe = profile_dir(profile.name) / "tables" / f"{PROBE}.csv"
+    tables = [profile_dir(profile.name) / "tables" / f"{name}.csv" for name in (PROBE, *SEED_TABLES)]
     tuning = [folder for folder in (profile_dir(profile.name) / TUNING, reference_dir(profile.name, root) / TUNING)
               if (folder / "tuning.json").is_file() and "source" not in tuning_record(folder)]  # not an adopted copy
     with staged_folder(reference_dir(profile.name, root)) as staging:
         runs_table(results).to_csv(staging / RUNS, index=False)
-        if probe.is_file():
-            (staging / "tables").mkdir()
-            shutil.copyfile(probe, staging / "tables" / probe.name)
+        for table in (t for t in tables if t.is_file()):
+            (staging / "tables").mkdir(exist_ok=True)
+            shutil.copyfile(table, staging / "tables" / table.name)
         if tuning:
             shutil.copytree(tuning[0], staging / TUNING)
         atomic_write_text(staging / MACHINE, json.dumps(machine_record(profile, results), indent=2) + "\n")
@@ -191,19 +202,20 @@ def load_reference(folder: Path) -> tuple[pd.DataFrame, dict[str, Any], pd.DataF
 
 # --- comparing --------------------------------------------------------------------------------
 
-def welch(reference: tuple[float, float, int], yours: tuple[float, float, int]) -> tuple[float, float, float]:
-    """Difference of means (yours - reference), the half-width of its 95% Welch interval and the
-    two-sided p-value, from (mean, std, n) of each side; NaN bound and p below 2 values on a side."""
+def welch(reference: tuple[float, float, int], yours: tuple[float, float, int],
+          tolerance: float = TOLERANCE) -> tuple[float, float, float]:
+    """Difference of means (yours - reference), the half-width of its 90% Welch interval and the margin
+    ``tolerance x`` pooled sd, from (mean, std, n) of each side; NaN half-width below 2 values on a side."""
     (m_r, s_r, n_r), (m_u, s_u, n_u) = reference, yours
     delta = m_u - m_r
     if n_r < 2 or n_u < 2:
         return delta, math.nan, math.nan
     v_r, v_u = s_r**2 / n_r, s_u**2 / n_u
+    margin = tolerance * math.sqrt((s_r**2 + s_u**2) / 2)
     if v_r + v_u == 0:
-        return delta, 0.0, 1.0 if delta == 0 else 0.0
+        return delta, 0.0, margin
     df = (v_r + v_u) ** 2 / (v_r**2 / (n_r - 1) + v_u**2 / (n_u - 1))
-    p = stats.ttest_ind_from_stats(m_u, s_u, n_u, m_r, s_r, n_r, equal_var=False).pvalue
-    return delta, float(stats.t.ppf(0.975, df) * math.sqrt(v_r + v_u)), float(p)
+    return delta, float(stats.t.ppf(1 - ALPHA, df) * math.sqrt(v_r + v_u)), margin
 
 
 def _spread(values: pd.Series) -> tuple[float, float, int]:
@@ -220,13 +232,19 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return a.shape == b.shape and bool(((a == b) | (a.isna() & b.isna())).all().all())
 
 
-def _verdict(ref: tuple[float, float, int], yours: tuple[float, float, int], exact: bool) -> tuple[str, float, float]:
-    delta, bound, p = welch(ref, yours)
+def _judged(ref: tuple[float, float, int], yours: tuple[float, float, int], exact: bool) -> dict[str, Any]:
+    """The difference, its 90% interval's half-width, the margin and the verdict of one comparison."""
+    delta, half, margin = welch(ref, yours)
     if exact:
-        return "exact", bound, p
-    if math.isnan(p):
-        return "undetermined", bound, p
-    return ("agree" if p >= ALPHA else "differs"), bound, p
+        verdict = "exact"
+    elif math.isnan(half):
+        verdict = "undetermined"
+    else:
+        verdict = "agree" if abs(delta) + half < margin else "differs"
+    return {"difference": delta, "90% CI half-width": half, "margin": margin, "verdict": verdict}
+
+
+COMPARED = ["method", "seeds", "reference", "yours", "difference", "90% CI half-width", "margin", "verdict"]
 
 
 def _problem(ref: pd.DataFrame, yours: pd.DataFrame) -> str | None:
@@ -247,8 +265,8 @@ def _problem(ref: pd.DataFrame, yours: pd.DataFrame) -> str | None:
 
 def compare_runs(ref: pd.DataFrame, yours: pd.DataFrame, column: str, exact_columns: list[str],
                  digits: int = 2) -> pd.DataFrame:
-    """Per reference method: seeds, both mean ± std of ``column``, difference, bound, p and verdict;
-    exact when every ``exact_columns`` number of every reference seed matches."""
+    """Per reference method: seeds, both mean ± std of ``column``, and the equivalence test's figures and
+    verdict; exact when every ``exact_columns`` number of every reference seed matches."""
     rows = []
     for method, theirs in ref.groupby("method", sort=False):
         mine = yours[yours["method"] == method]
@@ -261,11 +279,8 @@ def compare_runs(ref: pd.DataFrame, yours: pd.DataFrame, column: str, exact_colu
         u = _spread(mine[column])
         cols = [c for c in exact_columns if c in theirs and c in mine]
         exact = _same(theirs.set_index("seed")[cols].sort_index(), mine.set_index("seed")[cols].sort_index())
-        verdict, bound, p = _verdict(r, u, exact)
-        rows.append({**row, "seeds": f"{r[2]}/{u[2]}", "yours": _show(*u, digits), "difference": u[0] - r[0],
-                     "bound (95%)": bound, "p (Welch)": p, "verdict": verdict})
-    return pd.DataFrame(rows, columns=["method", "seeds", "reference", "yours", "difference", "bound (95%)",
-                                       "p (Welch)", "verdict"])
+        rows.append({**row, "seeds": f"{r[2]}/{u[2]}", "yours": _show(*u, digits), **_judged(r, u, exact)})
+    return pd.DataFrame(rows, columns=COMPARED)
 
 
 def compare_probe(ref: pd.DataFrame, yours: pd.DataFrame | None) -> pd.DataFrame:
@@ -282,40 +297,77 @@ def compare_probe(ref: pd.DataFrame, yours: pd.DataFrame | None) -> pd.DataFrame
         r = (record["mean"], record.get("mean std", math.nan), int(record["seeds"]))
         u = (other["mean"], other.get("mean std", math.nan), int(other["seeds"]))
         exact = r[0] == u[0] and (r[1] == u[1] or math.isnan(r[1]) and math.isnan(u[1])) and r[2] == u[2]
-        verdict, bound, p = _verdict(r, u, exact)
-        rows.append({**row, "seeds": f"{r[2]}/{u[2]}", "yours": _show(*u, 3), "difference": u[0] - r[0],
-                     "bound (95%)": bound, "p (Welch)": p, "verdict": verdict})
-    return pd.DataFrame(rows, columns=["method", "seeds", "reference", "yours", "difference", "bound (95%)",
-                                       "p (Welch)", "verdict"])
+        rows.append({**row, "seeds": f"{r[2]}/{u[2]}", "yours": _show(*u, 3), **_judged(r, u, exact)})
+    return pd.DataFrame(rows, columns=COMPARED)
 
 
-# --- qualitative conclusions -----------------------------------------------------------------
+# --- conclusions: the verdict's claims on both sides -------------------------------------------
 
-def _by_seed(table: pd.DataFrame) -> dict[str, pd.Series]:
-    return {m: g.set_index("seed")["miou"].astype(float) for m, g in table.groupby("method", sort=False)}
+NEIGHBOURS = {frozenset(("supported", "inconclusive")), frozenset(("not supported", "inconclusive"))}
 
 
-def ordering(ref: pd.DataFrame, yours: pd.DataFrame) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """Both orderings of the shared methods by mean mIoU, and each pair the reference ranks a > b
-    that yours ranks the other way, with the reference's paired p-value of a - b."""
-    theirs, mine = _by_seed(ref), _by_seed(yours)
-    shared = [m for m in theirs if m in mine]
-    ref_order = sorted(shared, key=lambda m: -theirs[m].mean())
-    your_order = sorted(shared, key=lambda m: -mine[m].mean())
-    flips = []
-    for i, above in enumerate(ref_order):
-        for below in ref_order[i + 1:]:
-            if mine[above].mean() < mine[below].mean():
-                _, p = paired_difference(theirs[above], theirs[below])
-                flips.append({"above": above, "below": below, "p_reference": p,
-                              "fails": bool(p < ALPHA)})
-    return ref_order, your_order, flips
+def verdict_runs(runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> pd.DataFrame:
+    """A runs table (``runs.csv``'s columns) in the verdict's form, with the confirmation's default-setting
+    runs of the methods it lacks and, where it has no tune mIoU, the confirmation's (the same runs)."""
+    from .report import with_tuning_defaults
+
+    frame = runs.assign(label=runs["method"], pearson=runs.get("agreement/pearson", math.nan))
+    if "tune_miou" not in frame:
+        frame["tune_miou"] = math.nan
+    if confirmation is not None:
+        tune = confirmation[confirmation["setting"] == "default"].groupby(["method", "seed"])["tune_miou"].first()
+        keys = pd.MultiIndex.from_frame(frame[["method", "seed"]])
+        frame["tune_miou"] = frame["tune_miou"].fillna(pd.Series(tune.reindex(keys).to_numpy(), index=frame.index))
+    return with_tuning_defaults(frame[["method", "label", "seed", "miou", "tune_miou", "pearson"]], confirmation)
+
+
+def study_verdict(folder: Path, runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> pd.DataFrame:
+    """The verdict of a results or reference folder (its runs table, its confirmation, its per-seed tables)."""
+    from .verdict import verdict_table
+
+    probe, sweep = ((folder / "tables" / f"{name}.csv") for name in SEED_TABLES)
+    tuned = confirmation[confirmation["setting"] == "tuned"] if confirmation is not None else None
+    return verdict_table(verdict_runs(runs, confirmation), pd.read_csv(probe) if probe.is_file() else None,
+                         pd.read_csv(sweep) if sweep.is_file() else None, tuned)
+
+
+def _claim_check(ref: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    """One claim's comparison: its effect by the equivalence test (paired sds), then its reading."""
+    r, u = (float(ref["effect"]), float(ref["sd"]), int(ref["n"])), (float(mine["effect"]), float(mine["sd"]), int(mine["n"]))
+    judged = _judged(r, u, exact=r == u)
+    readings = frozenset((ref["reading"], mine["reading"]))
+    sign_lost = ref["ci_low"] > 0 > mine["effect"] or ref["ci_high"] < 0 < mine["effect"]
+    if judged["verdict"] == "differs" or sign_lost or readings == {"supported", "not supported"}:
+        check = "FAILS"
+    elif judged["verdict"] == "undetermined":
+        check = "undetermined"
+    else:
+        check = "holds" if len(readings) == 1 else "borderline" if readings in NEIGHBOURS else "FAILS"
+    return {**judged, "check": check}
+
+
+def compare_conclusions(ref: pd.DataFrame, yours: pd.DataFrame) -> pd.DataFrame:
+    """Per claim and setting the reference decides (not missing there): both effects and readings, the
+    effect's equivalence test and the check (holds, borderline, FAILS, or missing in yours)."""
+    rows = []
+    mine = yours.set_index(["claim", "setting"])
+    for row in ref[ref["reading"] != "missing"].to_dict("records"):
+        key = (row["claim"], row["setting"])
+        out = {"claim": row["claim"], "setting": row["setting"], "evidence": row["evidence"],
+               "reference": f"{row['effect']:+.3g} {row['reading']}"}
+        other = mine.loc[key] if key in mine.index else None
+        if other is None or other["reading"] == "missing":
+            rows.append({**out, "yours": "missing", "check": "FAILS"})
+            continue
+        rows.append({**out, "yours": f"{other['effect']:+.3g} {other['reading']}", **_claim_check(row, other)})
+    return pd.DataFrame(rows, columns=["claim", "setting", "evidence", "reference", "yours", "difference",
+                                       "90% CI half-width", "margin", "check"])
 
 
 def signs(ref: pd.DataFrame, yours: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
     """Per method: the paired difference to the baseline and its p-value in the reference and in
     yours, whether the sign holds, and whether a change fails (the reference was significant)."""
-    columns = ["method", "reference", "yours", "sign", "significance", "fails"]
+    columns = ["method", "reference", "yours", "sign", "fails"]
     if baseline not in set(ref["method"]) or baseline not in set(yours["method"]):
         return pd.DataFrame(columns=columns)
     theirs, mine = (summarize(t.assign(label=t["method"]), baseline).set_index("method") for t in (ref, yours))
@@ -327,8 +379,7 @@ def signs(ref: pd.DataFrame, yours: pd.DataFrame, baseline: str = "baseline") ->
                                   for t in (theirs, mine))
         holds = np.sign(d_r) == np.sign(d_u)
         rows.append({"method": method, "reference": _delta(d_r, p_r), "yours": _delta(d_u, p_u),
-                     "sign": "holds" if holds else "changes", "significance": _significance(p_r, p_u),
-                     "fails": bool(not holds and p_r < ALPHA)})
+                     "sign": "holds" if holds else "changes", "fails": bool(not holds and p_r < ALPHA)})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -336,10 +387,32 @@ def _delta(delta: float, p: float) -> str:
     return f"{delta:+.2f} (p {p:.3f})" if not math.isnan(p) else f"{delta:+.2f}"
 
 
-def _significance(p_ref: float, p_yours: float) -> str:
-    ref, mine = p_ref < ALPHA, p_yours < ALPHA
-    return {(True, True): "significant in both", (False, False): "significant in neither",
-            (True, False): "significant in the reference only", (False, True): "significant in yours only"}[(ref, mine)]
+@dataclasses.dataclass
+class Assessment:
+    """What :func:`assess` found: the number tables, the claims, the signs, and what fails."""
+    tables: dict[str, pd.DataFrame]
+    claims: pd.DataFrame
+    signs: pd.DataFrame
+    failing: list[str]
+
+
+def assess(ref_runs: pd.DataFrame, mine: pd.DataFrame, ref_verdict: pd.DataFrame, my_verdict: pd.DataFrame,
+           probes: tuple[pd.DataFrame, pd.DataFrame | None] | None = None) -> Assessment:
+    """Every comparison of one reproduction with the reference, from tables only (no files: the
+    false-alarm simulation calls it too)."""
+    exact_columns = [c for c in ref_runs if c not in ("method", "seed", "config_digest", "tune_miou")]
+    tables = {"Validation mIoU (%)": compare_runs(ref_runs, mine, "miou", exact_columns)}
+    if "agreement/pearson" in ref_runs:
+        tables["Distance-matrix Pearson r with the teacher"] = compare_runs(
+            ref_runs, mine, "agreement/pearson", [c for c in exact_columns if c.startswith("agreement/")], 3)
+    if probes is not None:
+        tables["Position probe mean R²"] = compare_probe(*probes)
+    claims, sign_table = compare_conclusions(ref_verdict, my_verdict), signs(ref_runs, mine)
+    failing = [f"{row['method']} ({title})" for title, t in tables.items() for row in t.to_dict("records")
+               if row["verdict"] not in (*PASSING, "undetermined")]
+    failing += [f"claim {c} ({s})" for c, s in claims.loc[claims["check"] == "FAILS", ["claim", "setting"]].to_numpy()]
+    failing += [f"{m} vs baseline (sign)" for m in sign_table.loc[sign_table["fails"].astype(bool), "method"]]
+    return Assessment(tables, claims, sign_table, failing)
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -379,53 +452,40 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.map(cell).to_markdown(index=False, disable_numparse=True) if len(frame) else "(nothing to compare)"
 
 
+def committed_confirmation(folder: Path) -> pd.DataFrame | None:
+    """A results or reference folder's tuning confirmation (None without one)."""
+    path = folder / TUNING / "confirmation.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
 def verify(profile: Profile | str, root: Path | None = None) -> tuple[str, bool]:
     """The comparison of ``results/<profile>/`` with ``reference/<profile>/`` as text, and whether it passes."""
+    from .tuning import adopt_committed_tuning
+
     profile = get_profile(profile) if isinstance(profile, str) else profile
     results = _current(profile)
-    ref_runs, ref_machine, ref_probe = load_reference(reference_dir(profile.name, root))
+    ref_folder, my_folder = reference_dir(profile.name, root), profile_dir(profile.name)
+    ref_runs, ref_machine, ref_probe = load_reference(ref_folder)
     mine, my_machine = runs_table(results), machine_record(profile, results)
-    exact_columns = [c for c in ref_runs if c not in ("method", "seed", "config_digest")]
-    tables = {"Validation mIoU (%)": compare_runs(ref_runs, mine, "miou", exact_columns)}
-    if "agreement/pearson" in ref_runs:
-        tables["Distance-matrix Pearson r with the teacher"] = compare_runs(
-            ref_runs, mine, "agreement/pearson", [c for c in exact_columns if c.startswith("agreement/")], 3)
-    if ref_probe is not None:
-        my_probe_path = profile_dir(profile.name) / "tables" / f"{PROBE}.csv"
-        my_probe = _read_csv(my_probe_path, ("network", "seeds", "mean"), ("mean",)) if my_probe_path.exists() else None
-        tables["Position probe mean R²"] = compare_probe(ref_probe, my_probe)
-    ref_order, your_order, flips = ordering(ref_runs, mine)
-    sign_table = signs(ref_runs, mine)
-    failing = [f"{row['method']} ({title})" for title, t in tables.items() for row in t.to_dict("records")
-               if row["verdict"] not in (*PASSING, "undetermined")]
-    failing += [f"{f['above']} above {f['below']} (ordering)" for f in flips if f["fails"]]
-    failing += [f"{m} vs baseline (sign)" for m in sign_table.loc[sign_table["fails"].astype(bool), "method"]]
-    lines = [f"Reproduction check of profile {profile.name!r}: {profile_dir(profile.name)} against "
-             f"{reference_dir(profile.name, root)}", _machine_line("reference", ref_machine),
-             _machine_line("yours    ", my_machine), _teacher_line(ref_machine, my_machine),
+    adopt_committed_tuning(profile)
+    my_probe_path = my_folder / "tables" / f"{PROBE}.csv"
+    my_probe = _read_csv(my_probe_path, ("network", "seeds", "mean"), ("mean",)) if my_probe_path.exists() else None
+    found = assess(ref_runs, mine, study_verdict(ref_folder, ref_runs, committed_confirmation(ref_folder)),
+                   study_verdict(my_folder, mine, committed_confirmation(my_folder)),
+                   None if ref_probe is None else (ref_probe, my_probe))
+    lines = [f"Reproduction check of profile {profile.name!r}: {my_folder} against {ref_folder}",
+             _machine_line("reference", ref_machine), _machine_line("yours    ", my_machine),
+             _teacher_line(ref_machine, my_machine),
              "Same CPU type, thread count and torch build: expect 'exact'." if _same_machine(ref_machine, my_machine)
-             else "Another CPU type, thread count or torch build: expect 'agree' (within the seed spread), not 'exact'.",
+             else "Another CPU type, thread count or torch build: expect 'agree' (within the tolerance), not 'exact'.",
              RULE, ""]
-    for title, frame in tables.items():
+    for title, frame in found.tables.items():
         lines += [f"## {title}", "", _table(frame), ""]
-    lines += _conclusion_lines(ref_order, your_order, flips, sign_table)
-    lines.append("Reproduced." if not failing else f"NOT reproduced: {'; '.join(failing)}.")
-    return "\n".join(lines), not failing
-
-
-def _conclusion_lines(ref_order: list[str], your_order: list[str], flips: list[dict[str, Any]],
-                      sign_table: pd.DataFrame) -> list[str]:
-    lines = ["## Qualitative conclusions", "", f"Ordering by mean mIoU, reference: {' > '.join(ref_order)}",
-             f"Ordering by mean mIoU, yours:     {' > '.join(your_order)}"]
-    if not flips:
-        lines.append("The ordering holds.")
-    for flip in flips:
-        lines.append(f"- {flip['above']} above {flip['below']} does not hold (reference paired p "
-                     f"{flip['p_reference']:.3f}: " + ("significant there: fails)" if flip["fails"]
-                                                        else "not significant there: within noise)"))
-    lines += ["", "Paired difference to the baseline (mean over shared seeds, paired t-test):", "",
-              _table(sign_table.assign(fails=sign_table["fails"].map({True: "FAILS", False: ""}))), ""]
-    return lines
+    lines += ["## Conclusions: the verdict's claims", "", _table(found.claims), "",
+              "Paired difference to the baseline (mean over shared seeds, paired t-test):", "",
+              _table(found.signs.assign(fails=found.signs["fails"].map({True: "FAILS", False: ""}))), ""]
+    lines.append("Reproduced." if not found.failing else f"NOT reproduced: {'; '.join(found.failing)}.")
+    return "\n".join(lines), not found.failing
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,3 +75,38 @@ def test_comparison_table_two_holm_families():
     focus = table[table["family"] == "idd vs others"]
     assert list(focus["reference"]) == ["kd", "cwd"] and (focus["method"] == "idd").all()
     assert focus["p_holm"].to_numpy() == pytest.approx(comparisons.holm(focus["p"].to_numpy()))
+
+
+def test_holm_step_alphas_are_the_thresholds_holm_compares_each_p_with():
+    p = [0.04, np.nan, 0.001, 0.02, 0.3]
+    steps = comparisons.holm_step_alphas(p)
+    assert steps[2] == pytest.approx(0.05 / 4) and steps[3] == pytest.approx(0.05 / 3)
+    assert steps[0] == pytest.approx(0.05 / 2) and steps[4] == pytest.approx(0.05) and math.isnan(steps[1])
+    # Holm rejects exactly the rows before the first p above its step (the step-down rule)
+    from statsmodels.stats.multitest import multipletests
+    valid = np.array([0.04, 0.001, 0.02, 0.3])
+    rejected = multipletests(valid, alpha=0.05, method="holm")[0]
+    order = np.argsort(valid)
+    below = valid[order] <= comparisons.holm_step_alphas(valid)[order]
+    assert list(rejected[order]) == list(np.cumprod(below).astype(bool))
+
+
+def test_seeds_needed_is_the_first_n_with_the_power():
+    from statsmodels.stats.power import TTestPower
+    n = comparisons.seeds_needed(1.5, effect=1.0, alpha=0.0125)
+    power = [TTestPower().power(effect_size=1 / 1.5, nobs=k, alpha=0.0125) for k in (n - 1, n)]
+    assert power[0] < 0.8 <= power[1]
+    assert comparisons.seeds_needed(1e-3, effect=1.0) == 2 and math.isinf(comparisons.seeds_needed(100.0, effect=1.0))
+    assert math.isnan(comparisons.seeds_needed(0.0))
+
+
+def test_compare_gives_the_mdd_at_holm_step_and_seeds_for_rows_it_does_not_reject():
+    rng = np.random.default_rng(3)
+    by_seed = {m: pd.Series(40 + shift + rng.normal(0, 0.8, 5)) for m, shift in (("baseline", 0), ("kd", 0.3), ("idd", 4))}
+    table = comparisons.compare(by_seed, [("kd", "baseline"), ("idd", "baseline")], "vs baseline").set_index("method")
+    assert table.loc["idd", "alpha_step"] == pytest.approx(0.025) and table.loc["kd", "alpha_step"] == pytest.approx(0.05)
+    for method in table.index:
+        row = table.loc[method]
+        assert row["mdd"] == pytest.approx(comparisons.minimum_detectable_difference(row["sd"], 5, row["alpha_step"]))
+    assert table.loc["idd", "p_holm"] < 0.05 and math.isnan(table.loc["idd", "seeds_needed"])
+    assert table.loc["kd", "seeds_needed"] == comparisons.seeds_needed(table.loc["kd", "sd"], 1.0, 0.05)

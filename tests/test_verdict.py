@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from idd_lib import comparisons, verdict
 
@@ -64,7 +65,38 @@ def test_holm_across_the_claims_of_a_setting_and_effects_by_hand():
     runs = _runs(MIOU, PEARSON)
     diff = runs[runs.method == "idd"].set_index("seed")["miou"] - runs[runs.method == "kd"].set_index("seed")["miou"]
     assert row["effect"] == pytest.approx(diff.mean()) and row["n"] == 5
-    assert row["mdd"] == pytest.approx(comparisons.minimum_detectable_difference(diff.std(ddof=1), 5))
+    assert row["p"] == pytest.approx(stats.ttest_rel(diff + 0, 0 * diff, alternative="greater").pvalue)
+    # TOST's upper test by hand: H0 mean(d) >= SESOI, one-sided t-test of d - SESOI
+    assert row["p_tost"] == pytest.approx(stats.ttest_1samp(diff - row["sesoi"], 0, alternative="less").pvalue)
+    assert row["sesoi"] == comparisons.MIOU_SESOI and row["origin"] == "paper"
+    tested = default[default["p"].notna()]
+    m, rank = len(tested), int((tested["p"] < row["p"]).sum())
+    assert row["alpha_step"] == pytest.approx(0.05 / (m - rank))
+    assert row["mdd"] == pytest.approx(comparisons.minimum_detectable_difference(diff.std(ddof=1), 5, 0.05 / (m - rank),
+                                                                                 alternative="larger"))
+
+
+def test_an_inconclusive_row_says_how_many_seeds_would_decide():
+    from statsmodels.stats.power import TTestPower
+    table = verdict.verdict_table(_runs(MIOU, PEARSON), probe=_probe(0.06), sweep=_sweep(2.0, 0.0))
+    inconclusive = table[table["reading"] == "inconclusive"]
+    assert "c" in set(inconclusive["claim"])  # +0.06 R² under 0.05 noise, SESOI 0.01: beyond any practical n
+    for _, row in inconclusive.iterrows():
+        size = row["sesoi"] / row["sd"]
+        def power(n):
+            return TTestPower().power(effect_size=size, nobs=n, alpha=row["alpha_step"], alternative="larger")
+        if np.isinf(row["seeds_needed"]):
+            assert power(comparisons.MAX_SEEDS) < 0.8
+        else:
+            assert power(row["seeds_needed"] - 1) < 0.8 <= power(row["seeds_needed"])
+    assert table["seeds_needed"][table["reading"] != "inconclusive"].isna().all()
+    assert table.set_index("claim").loc["d", "origin"].iloc[0] == "this study"
+
+
+def test_a_tiny_positive_effect_is_not_supported_when_it_is_shown_below_the_sesoi():
+    assert verdict.reading(p_holm=0.001, p_tost_holm=0.001) == "not supported"
+    assert verdict.reading(p_holm=0.001, p_tost_holm=0.2) == "supported"
+    assert verdict.reading(p_holm=0.3, p_tost_holm=0.2) == "inconclusive"
 
 
 def test_sweep_claim_not_supported_when_pid_helps_everywhere_alike():

@@ -1,7 +1,7 @@
 """The reproduction check on small result folders written with the project's own run-folder writers:
-a reference written from a folder agrees with it exactly; a changed reference number, a swapped
-ordering or a changed sign is reported (exit 1); missing results and damaged references are
-one-line errors (exit 2)."""
+a reference written from a folder agrees with it exactly; a changed reference number, a lost claim
+or a changed sign is reported (exit 1), a reading that flips to its neighbour on noise is not;
+missing results and damaged references are one-line errors (exit 2)."""
 import json
 import math
 import re
@@ -93,7 +93,9 @@ def test_a_reference_written_from_a_folder_verifies_it_exactly(profile, tmp_path
     text, passed = verify.verify("tiny", tmp_path / "reference")
     assert passed and text.count("| exact ") == 4 + 4 + 5  # mIoU, agreement, probe (teacher too)
     assert "Same CPU type, thread count and torch build: expect 'exact'." in text and "Reproduced." in text
-    assert "Welch" in text and "The ordering holds." in text
+    assert "TOST" in text and "## Conclusions: the verdict's claims" in text
+    claims = text.split("## Conclusions")[1]
+    assert "| a " in claims and "holds" in claims and "FAILS" not in claims
     digest = profile.teacher_config().digest()
     assert (f"teacher: reference {digest} val mIoU 60.00 (shipped); yours {digest} val mIoU 60.00 (shipped); "
             "the same weights") in text
@@ -154,7 +156,7 @@ def table_method(tmp_path) -> str:
     return pd.read_csv(runs_csv(tmp_path)).loc[0, "method"]
 
 
-def test_an_ordering_or_sign_change_is_detected(profile, tmp_path, capsys):
+def test_a_sign_change_and_a_lost_claim_are_detected(profile, tmp_path, capsys):
     write_study(profile)
     verify.write_reference("tiny", tmp_path / "reference")
     def kd_below_baseline(table):  # the reference now says kd is clearly below the baseline, on every seed
@@ -164,30 +166,43 @@ def test_an_ordering_or_sign_change_is_detected(profile, tmp_path, capsys):
     edit_reference(tmp_path, kd_below_baseline)
     ref = pd.read_csv(runs_csv(tmp_path))
     mine = verify.runs_table(verify._current(profile))
-    ref_order, your_order, flips = verify.ordering(ref, mine)
-    assert ref_order[-1] == "kd" and your_order[-1] == "baseline"
-    assert {(f["above"], f["below"]) for f in flips} == {("baseline", "kd")} and flips[0]["fails"]
     signs = verify.signs(ref, mine).set_index("method")
     assert signs.loc["kd", "sign"] == "changes" and signs.loc["kd", "fails"]
     assert signs.loc["idd", "sign"] == "holds" and not signs.loc["idd", "fails"]
     code, out = check(tmp_path, capsys)
-    assert code == 1 and "baseline above kd does not hold" in out and "FAILS" in out
+    assert code == 1 and "FAILS" in out and "kd vs baseline (sign)" in out
+    assert "claim a (default)" in out.splitlines()[-1]  # idd - kd: +6.5 in the reference, +3.5 here
 
 
-def seed_table(values: dict[str, list[float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"method": m, "seed": s, "miou": v} for m, vs in values.items() for s, v in enumerate(vs)])
+def verdict_row(a: list[float], b: list[float], reading: str | None = None, claim: str = "a") -> dict:
+    """A verdict row of the claim with ``a - b`` as its evidence (its reading as the verdict gives it,
+    unless ``reading`` overrides it)."""
+    from idd_lib import verdict
+    runs = pd.DataFrame([{"method": m, "seed": s, "miou": v, "tune_miou": v, "pearson": 0.9}
+                         for m, vs in (("idd", a), ("kd", b)) for s, v in enumerate(vs)])
+    row = verdict.verdict_table(runs).set_index("claim").loc[claim].iloc[0].to_dict()
+    return {**row, "claim": claim, **({"reading": reading} if reading else {})}
 
 
-@pytest.mark.parametrize("reference_pid, fails", [([50.4, 50.1, 50.3], False), ([51.0, 51.6, 50.3], True)])
-def test_a_swap_fails_only_where_the_reference_separates_the_pair(reference_pid, fails):
-    reference = seed_table({"baseline": [45.0, 45.2, 44.9], "idd": [50.0, 51.5, 49.0], "idd+pid": reference_pid})
-    reference.loc[reference["method"] == "idd", "miou"] = [50.0, 50.5, 49.4] if fails else [50.0, 51.5, 49.0]
-    yours = seed_table({"baseline": [45.1, 45.0, 45.3], "idd": [50.6, 50.7, 50.5], "idd+pid": [50.0, 50.1, 49.9]})
-    ref_order, your_order, flips = verify.ordering(reference, yours)
-    assert ref_order == ["idd+pid", "idd", "baseline"] and your_order == ["idd", "idd+pid", "baseline"]
-    p = stats.ttest_rel(reference_pid, reference.loc[reference["method"] == "idd", "miou"]).pvalue
-    assert [(f["above"], f["below"]) for f in flips] == [("idd+pid", "idd")]
-    assert flips[0]["p_reference"] == pytest.approx(p) and flips[0]["fails"] is fails and bool(p < 0.05) is fails
+def test_a_claim_holds_flips_to_its_neighbour_or_fails_by_its_effect():
+    ref = verdict_row([52.0, 52.6, 51.1, 52.9, 51.8], [50.0, 50.2, 49.6, 50.4, 50.1])
+    assert ref["reading"] == "supported"
+    same = verdict_row([52.1, 52.5, 51.3, 52.6, 51.6], [50.0, 50.2, 49.7, 50.3, 50.2])
+    assert verify._claim_check(ref, same)["check"] == "holds"
+    assert verify._claim_check(ref, {**same, "reading": "inconclusive"})["check"] == "borderline"
+    assert verify._claim_check(ref, {**same, "reading": "not supported"})["check"] == "FAILS"
+    lost = verdict_row([50.1, 50.0, 49.9, 50.5, 50.0], [50.0, 50.2, 49.6, 50.4, 50.1])  # IDD's lead removed
+    check = verify._claim_check(ref, lost)
+    assert check["verdict"] == "differs" and check["check"] == "FAILS"
+    assert abs(check["difference"]) + check["90% CI half-width"] > check["margin"]
+
+
+def test_every_decided_claim_is_compared_and_one_missing_in_yours_fails():
+    ref = pd.DataFrame([verdict_row([52.0, 52.6, 51.1, 52.9, 51.8], [50.0, 50.2, 49.6, 50.4, 50.1]),
+                        {"claim": "c", "setting": "default", "evidence": "missing: no probe", "reading": "missing"}])
+    mine = pd.DataFrame([{**ref.iloc[0].to_dict(), "reading": "missing"}])
+    table = verify.compare_conclusions(ref, mine)
+    assert list(table["claim"]) == ["a"] and table.loc[0, "check"] == "FAILS" and table.loc[0, "yours"] == "missing"
 
 
 def test_a_missing_method_or_seed_is_named(profile, tmp_path, capsys):
@@ -236,17 +251,20 @@ def test_numbers_read_back_from_a_reference_are_the_numbers_written(tmp_path):
     assert (verify._read_csv(tmp_path / "r.csv", verify.KEYS, ("miou",))["miou"].to_numpy() == values).all()
 
 
-def test_welch_bound_is_scipys_interval_and_one_value_is_undetermined():
+def test_the_equivalence_bound_is_scipys_90_percent_interval_and_one_value_is_undetermined():
     a, b = np.array([45.1, 46.0, 44.7]), np.array([45.9, 47.2, 46.1, 45.5])
-    delta, bound, p = verify.welch((a.mean(), a.std(ddof=1), 3), (b.mean(), b.std(ddof=1), 4))
-    expected = stats.ttest_ind(b, a, equal_var=False)
-    low, high = expected.confidence_interval(0.95)
-    assert delta == pytest.approx(b.mean() - a.mean()) and bound == pytest.approx((high - low) / 2)
-    assert p == pytest.approx(expected.pvalue)
-    assert math.isnan(verify.welch((1.0, math.nan, 1), (1.1, 0.2, 3))[2])
-    assert verify._verdict((1.0, math.nan, 1), (1.1, 0.2, 3), exact=False)[0] == "undetermined"
-    assert verify._verdict((1.0, 0.0, 3), (1.0, 0.0, 3), exact=False)[0] == "agree"
-    assert verify._verdict((1.0, 0.0, 3), (1.1, 0.0, 3), exact=False)[0] == "differs"
+    delta, half, margin = verify.welch((a.mean(), a.std(ddof=1), 3), (b.mean(), b.std(ddof=1), 4))
+    low, high = stats.ttest_ind(b, a, equal_var=False).confidence_interval(0.90)
+    assert delta == pytest.approx(b.mean() - a.mean()) and half == pytest.approx((high - low) / 2)
+    assert margin == pytest.approx(verify.TOLERANCE * math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
+    # the TOST of statsmodels at that margin agrees with "the interval lies inside the margin"
+    from statsmodels.stats.weightstats import ttost_ind
+    inside = abs(delta) + half < margin
+    assert (ttost_ind(b, a, -margin, margin, usevar="unequal")[0] < 0.05) == inside
+    assert verify._judged((1.0, math.nan, 1), (1.1, 0.2, 3), exact=False)["verdict"] == "undetermined"
+    assert verify._judged((1.0, 0.0, 3), (1.0, 0.0, 3), exact=False)["verdict"] == "differs"  # no spread: no margin
+    assert verify._judged((50.0, 1.0, 5), (51.0, 1.0, 5), exact=False)["verdict"] == "agree"
+    assert verify._judged((50.0, 1.0, 5), (53.0, 1.0, 5), exact=False)["verdict"] == "differs"
 
 
 def test_the_reference_is_not_ignored_by_git():
