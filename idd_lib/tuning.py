@@ -149,7 +149,7 @@ def tuning_grid(profile: Profile, methods: Sequence[str], trials: int = DEFAULT_
 def grid_results(profile: Profile, grid: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per grid entry with what its run folder's result.json holds (a missing one is an error)."""
     from .config import parse_assignments, parse_weights
-    from .rundir import RESULT, read_result
+    from .rundir import RESULT, read_result, relative_location
     from .runs import run_dir, student_config
 
     rows = []
@@ -161,7 +161,8 @@ def grid_results(profile: Profile, grid: Sequence[Mapping[str, Any]]) -> pd.Data
             raise FileNotFoundError(f"{folder}: no result.json; run the grid first (study.execute_grid)")
         result = read_result(folder)
         rows.append({**run, "tune_miou": result.get("tune_miou", float("nan")), "miou": result["miou"],
-                     "pearson": result.get("agreement/pearson", float("nan")), "run_dir": result["run_dir"]})
+                     "pearson": result.get("agreement/pearson", float("nan")),
+                     "run_dir": relative_location(folder)})  # committed with the tuning: no machine's path
     return pd.DataFrame(rows)
 
 

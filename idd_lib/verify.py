@@ -323,12 +323,18 @@ def verdict_runs(runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> pd.Da
 
 def study_verdict(folder: Path, runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> pd.DataFrame:
     """The verdict of a results or reference folder (its runs table, its confirmation, its per-seed tables)."""
+    probe, sweep = ((folder / "tables" / f"{name}.csv") for name in SEED_TABLES)
+    return verdict_of(runs, confirmation, pd.read_csv(probe) if probe.is_file() else None,
+                      pd.read_csv(sweep) if sweep.is_file() else None)
+
+
+def verdict_of(runs: pd.DataFrame, confirmation: pd.DataFrame | None, probe: pd.DataFrame | None = None,
+               sweep: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The verdict of a runs table (``runs.csv``'s columns), a confirmation and the per-seed tables."""
     from .verdict import verdict_table
 
-    probe, sweep = ((folder / "tables" / f"{name}.csv") for name in SEED_TABLES)
     tuned = confirmation[confirmation["setting"] == "tuned"] if confirmation is not None else None
-    return verdict_table(verdict_runs(runs, confirmation), pd.read_csv(probe) if probe.is_file() else None,
-                         pd.read_csv(sweep) if sweep.is_file() else None, tuned)
+    return verdict_table(verdict_runs(runs, confirmation), probe, sweep, tuned)
 
 
 def _claim_check(ref: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:

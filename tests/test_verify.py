@@ -286,3 +286,15 @@ def test_the_quick_study_verifies_exactly_against_its_own_reference(quick_study,
     assert machine["study_wall_time_s"] > 0 and {"01_teacher", "03_ablation"} <= set(machine["notebooks_s"])
     runs_csv = pd.read_csv(root / "quick" / verify.RUNS)
     assert len(runs_csv) == len(presets.get_profile("quick").methods) and "iou/car" in runs_csv
+
+
+def test_no_committed_result_file_stores_an_absolute_path():
+    """Result files store paths relative to the results root, so a moved or cloned folder reads the same."""
+    if not (shutil.which("git") and (ROOT / ".git").exists()):
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "ls-files", "reference", "benchmarks/results"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    absolute = re.compile(r"""(^|[\s,"'=:])/(work|home|tmp|root|Users|mnt|scratch)/""")
+    found = [f"{name}:{k + 1}" for name in files if (ROOT / name).suffix in (".csv", ".json", ".md")
+             for k, line in enumerate((ROOT / name).read_text().splitlines()) if absolute.search(line)]
+    assert not found, found[:5]
