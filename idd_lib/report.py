@@ -525,6 +525,23 @@ def _benchmark_and_runs_section(folder: Path, provenance_md: str, synthetic: boo
     ]
 
 
+class ReportError(ValueError):
+    """A report asked of a results folder that holds no study; the message says which command to run."""
+
+
+def _check_study(folder: Path, teacher: Path, profile_name: str) -> None:
+    """One line naming the command to run when ``folder`` holds no study (no teacher result, no runs)."""
+    from .rundir import RESULT
+
+    command = f"make study PROFILE={profile_name}"
+    if not (teacher / RESULT).is_file():
+        raise ReportError(f"{folder}: no study of profile {profile_name!r} here (no trained teacher in "
+                          f"{teacher.parent}); run '{command}' first (IDD_RESULTS selects another results folder)")
+    if not (folder / "runs").is_dir():
+        raise ReportError(f"{folder}: no study of profile {profile_name!r} here (no runs/ folder); "
+                          f"run '{command}' first (IDD_RESULTS selects another results folder)")
+
+
 def write_report(profile) -> Path:
     """Compose ``results/<profile>/REPORT.md`` from the runs, tables and figures on disk, one
     section function per part of the report (``profile``: a name or a configured
@@ -538,6 +555,7 @@ def write_report(profile) -> Path:
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     folder = profile_dir(profile.name)
+    _check_study(folder, teacher_dir(profile), profile.name)
     teacher_result = read_result(teacher_dir(profile))
     frame = results_frame(current_results(profile))
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")

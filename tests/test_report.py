@@ -106,6 +106,19 @@ def test_runs_table_records_config_seed_commit_versions_device_and_time(tmp_path
     assert row["wall time (s)"] == 12.5
 
 
+def test_a_report_without_a_study_names_the_command_to_run(tiny_profile, monkeypatch, tmp_path):
+    monkeypatch.setitem(presets.PROFILES, "tiny", tiny_profile)
+    monkeypatch.setenv("IDD_RESULTS", str(tmp_path / "results"))
+    with pytest.raises(report.ReportError, match="run 'make study PROFILE=tiny' first") as no_teacher:
+        report.write_report("tiny")
+    teacher = runs.teacher_dir(tiny_profile)
+    teacher.mkdir(parents=True)
+    (teacher / "result.json").write_text(json.dumps({"miou": 60.0}))
+    with pytest.raises(report.ReportError, match="no runs/ folder.*make study PROFILE=tiny") as no_runs:
+        report.write_report("tiny")
+    assert "\n" not in str(no_teacher.value) + str(no_runs.value)
+
+
 def test_report_embeds_every_figure_and_table(tiny_profile, monkeypatch, tmp_path):
     monkeypatch.setitem(presets.PROFILES, "tiny", tiny_profile)
     folder = tmp_path / "results"
