@@ -79,14 +79,17 @@ def measure(profile, losses: LossConfig, variant: Variant, device: torch.device,
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    run(warmup)
+    start = time.perf_counter()
+    run(warmup)  # compiles, with torch.compile: its cost is the warm-up's excess over timed steps
+    warmup_s = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     run(steps)
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"step_ms": seconds * 1e3, "images_per_s": batch / seconds, "peak_memory_gib": peak}
+    return {"step_ms": seconds * 1e3, "images_per_s": batch / seconds, "peak_memory_gib": peak,
+            "warmup_s": warmup_s, "compile_s": max(0.0, warmup_s - warmup * seconds) if variant.compile else None}
 
 
 def main() -> None:
