@@ -72,3 +72,21 @@ def project_kernel():
     """The notebooks name the project's kernel: `make test` installs it, a bare pytest run too."""
     from idd_lib import notebook
     notebook.ensure_kernel()
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Imports a script of benchmarks/ by name (they import their siblings, so the folder joins the path)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+
+    def load(name: str):
+        sys.path.insert(0, folder)
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(folder)
+    return load

@@ -80,19 +80,10 @@ def test_sweep_throughput_measures_every_setting(tmp_path):
     assert all(r["runs"] == 2 and r["runs_per_hour"] > 0 and r["train_s_per_run"] > 0 for r in summary["settings"])
 
 
-def _false_alarm_module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import verify_false_alarm
-    finally:
-        sys.path.pop(0)
-    return verify_false_alarm
-
-
-def test_simulated_reproductions_keep_the_reference_layout_and_a_lost_lead_is_a_lost_lead():
+def test_simulated_reproductions_keep_the_reference_layout_and_a_lost_lead_is_a_lost_lead(benchmark_script):
     import numpy as np
     import pandas as pd
-    simulation = _false_alarm_module()
+    simulation = benchmark_script("verify_false_alarm")
     ref = pd.read_csv(ROOT / "reference" / "default" / "runs.csv")
     rng = np.random.default_rng(0)
     faithful, lost = simulation.draw(ref, rng), simulation.draw(ref, np.random.default_rng(0), lost_lead=True)
@@ -103,6 +94,6 @@ def test_simulated_reproductions_keep_the_reference_layout_and_a_lost_lead_is_a_
     assert by["lost"]["idd"] - by["faithful"]["idd"] == pytest.approx(by["ref"]["kd"] - by["ref"]["idd"])
 
 
-def test_verify_passes_faithful_draws_and_fails_a_lost_lead(tmp_path):
-    rates = _false_alarm_module().simulate(ROOT / "reference" / "default", sims=4, seed=1)
+def test_verify_passes_faithful_draws_and_fails_a_lost_lead(benchmark_script):
+    rates = benchmark_script("verify_false_alarm").simulate(ROOT / "reference" / "default", sims=4, seed=1)
     assert rates["miss_rate"] == 0.0 and rates["false_alarm_rate"] <= 0.25

@@ -13,13 +13,8 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
-def gpu_check():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.pop(0)
-    return gpu_check
+def gpu_check(benchmark_script):
+    return benchmark_script("gpu_check")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
