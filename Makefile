@@ -67,9 +67,12 @@ reference: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# CurveZMQ keys for the kernels Lab starts (their kernelspec supports them): no plain-TCP warning
+# CurveZMQ keys for the kernels Lab starts (their kernelspec supports them): no plain-TCP warning.
+# Rooted at the repository, so notebooks/ and results/ (REPORT.html, figures, tables) are both in the
+# file browser; as root (a container) Jupyter refuses to start without --allow-root
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --KernelManager.transport_encryption=auto notebooks
+	$(VENV)/bin/jupyter lab --KernelManager.transport_encryption=auto --ServerApp.root_dir=. \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) --LabApp.default_url=/lab/tree/notebooks
 
 # the kernel for every Jupyter of this user (VS Code, a system JupyterLab), not only this venv's
 kernel: $(STAMP)
@@ -81,5 +84,6 @@ lock:
 	  $(PY) -m pip freeze --all --exclude-editable | grep -v '^pip==' \
 	  | sed -E '/^(cuda-|nvidia-|triton==)/ s/$$/ ; platform_system == "Linux"/'; } > $(LOCK)
 
+# the results folder the code writes to: IDD_RESULTS when set (idd_lib.paths), else results/
 clean-results:
-	rm -rf results/$(PROFILE)
+	rm -rf "$${IDD_RESULTS:-results}/$(PROFILE)"

@@ -45,10 +45,23 @@ def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
         value = namespace[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if kind is str:
+            value = _as_text(value)
         if isinstance(kind, type) and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ParameterError(f"parameter {name}: expected {kind.__name__}, got {value!r}")
         values[name] = value
     return values
+
+
+def _as_text(value: Any) -> Any:
+    """A text parameter given as papermill's ``-p`` parses it: ``-p seeds 0`` arrives as 0 and
+    ``-p seeds "[0, 1]"`` as a list; both mean the comma-separated text ("0", "0,1")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                                                for v in value):
+        return ",".join(map(str, value))
+    return value
 
 
 def _injected_names() -> set[str]:

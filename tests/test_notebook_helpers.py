@@ -102,3 +102,16 @@ def test_show_displays_the_saved_figure_once_and_returns_nothing(monkeypatch, tm
     (image,) = shown
     assert isinstance(image, Image) and image.data == (tmp_path / "f.png").read_bytes()
     assert (tmp_path / "f.pdf").is_file() and not plt.fignum_exists(fig.number)  # no second inline copy
+
+
+@pytest.mark.parametrize("given, text", [(0, "0"), ([0, 1], "0,1"), ((2, 3), "2,3"), (["baseline", "idd"], "baseline,idd"),
+                                         ("0,1", "0,1")])
+def test_a_text_parameter_takes_papermills_number_or_list(given, text):
+    namespace = {"__annotations__": {"seeds": str}, "seeds": given}
+    assert nb.parameters(namespace) == {"seeds": text}
+
+
+@pytest.mark.parametrize("given", [True, None, {"a": 1}, [0, None]])
+def test_other_values_of_a_text_parameter_are_one_line_errors(given):
+    with pytest.raises(nb.ParameterError, match="parameter seeds: expected str"):
+        nb.parameters({"__annotations__": {"seeds": str}, "seeds": given})
