@@ -184,6 +184,37 @@ class CIRKDConfig:
 
 
 @dataclass(frozen=True)
+class DISTConfig:
+    """DIST (Huang et al. 2022): Pearson relations of the class distributions; DIST_KD's segmentation defaults."""
+    beta: float = 1.0                     # inter-class relation (each pixel's distribution over classes)
+    gamma: float = 1.0                    # intra-class relation (each class over the batch's pixels)
+    temperature: float = 1.0              # softmax temperature; DIST_KD's segmentation code has none (1)
+
+
+@dataclass(frozen=True)
+class BPKDConfig:
+    """BPKD (Liu et al. 2024), our reconstruction: edge (pixel KL) and body (channel-wise) terms."""
+    temperature: float = 4.0
+    edge_weight: float = 50.0             # lambda_edge
+    body_weight: float = 20.0             # lambda_body
+    edge_radius: int = 3                  # the label-boundary band: (2r+1)^2 dilation minus erosion at label size
+
+
+@dataclass(frozen=True)
+class AfDCDConfig:
+    """Af-DCD (Fan et al. 2023): masked feature mimicking + omni-contrastive loss (OSVAI/Af-DCD defaults)."""
+    fd_weight: float = 2e-6               # --lambda-fd (Cityscapes scripts)
+    ctr_weight: float = 0.005             # --lambda-ctr (Cityscapes scripts)
+    temperature: float = 0.07             # tau_ocd
+    groups: int = 16                      # M_ocd: channel groups
+    pool: int = 4                         # max-pool kernel before contrasting (0: none)
+    patch: int = 4                        # square spatial patches of patch x patch positions
+    mask: str = "random"                  # random: drop mask_ratio of the positions | centre: the middle ninth
+    mask_ratio: float = 0.75
+    projector: str = "plain"              # plain: conv3x3-ReLU-conv3x3 | enhanced: two-branch EnhancedProjector
+
+
+@dataclass(frozen=True)
 class LossConfig:
     method: str = "baseline"
     weights: tuple[tuple[str, float], ...] = ()   # overrides of the method's default weights
@@ -195,6 +226,11 @@ class LossConfig:
     ho: AdversarialConfig = field(default_factory=AdversarialConfig)
     cwd: CWDConfig = field(default_factory=CWDConfig)
     cirkd: CIRKDConfig = field(default_factory=CIRKDConfig)
+    # the methods added after the first study (ADDED_LATER: out of the digest at their defaults)
+    kd_ls: KDConfig = field(default_factory=lambda: KDConfig(temperature=2.0))
+    dist: DISTConfig = field(default_factory=DISTConfig)
+    bpkd: BPKDConfig = field(default_factory=BPKDConfig)
+    afdcd: AfDCDConfig = field(default_factory=AfDCDConfig)
 
 
 @dataclass(frozen=True)
@@ -223,7 +259,12 @@ RUNTIME_ONLY = {"data": ("eval_batch_size", "num_workers")}
 
 # Options added after runs and teachers were shipped: left out of the digest at the value that
 # means the behaviour from before they existed, so those runs and teachers keep their names.
-ADDED_LATER = {group: {"cpu_amp": False} for group in ("train", "teacher_train")}
+ADDED_LATER: dict[str, dict[str, Any]] = {
+    **{group: {"cpu_amp": False} for group in ("train", "teacher_train")},
+    # the options of the terms added with DIST, BPKD, Af-DCD and KD with logit standardisation
+    "loss": {"kd_ls": dataclasses.asdict(LossConfig().kd_ls), "dist": dataclasses.asdict(DISTConfig()),
+             "bpkd": dataclasses.asdict(BPKDConfig()), "afdcd": dataclasses.asdict(AfDCDConfig())},
+}
 
 
 def config_digest(cfg: Any) -> str:
@@ -303,6 +344,12 @@ LIMITS: dict[type, dict[str, tuple[Callable[[Any], bool], str]]] = {
     },
     LossConfig: {"aux_weight": _at_least(0)},
     IDDConfig: {"min_pixels": _at_least(1)},
+    DISTConfig: {"beta": _at_least(0), "gamma": _at_least(0), "temperature": _POSITIVE},
+    BPKDConfig: {"temperature": _POSITIVE, "edge_weight": _at_least(0), "body_weight": _at_least(0),
+                 "edge_radius": _at_least(1)},
+    AfDCDConfig: {"fd_weight": _at_least(0), "ctr_weight": _at_least(0), "temperature": _POSITIVE,
+                  "groups": _at_least(1), "pool": _at_least(0), "patch": _at_least(1),
+                  "mask_ratio": _in_range(0, 1, high_open=True)},
     PIDConfig: {"targets": ((lambda v: len(v) >= 1), "one or more position maps (x y gaussian)")},
     AdversarialConfig: {"d_weight": _at_least(0), "gp_weight": _at_least(0), "lr": _POSITIVE,
                         "betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),

@@ -14,7 +14,9 @@ Where things are:
 * :mod:`.pixelwise`: ``ce`` (cross-entropy + auxiliary head) and ``kd`` (pixel-wise KD);
 * :mod:`.idd` and :mod:`.pid`: our reconstruction of the paper's two terms (docs/method.md);
 * the baselines by family (docs/baselines.md): :mod:`.skd` ``pa``, :mod:`.adversarial` ``ho``,
-  :mod:`.ifvd` ``ifv``, :mod:`.cwd` ``cwd``/``cwd-feat``, :mod:`.cirkd` ``cirkd-mb``/``cirkd-mem``;
+  :mod:`.ifvd` ``ifv``, :mod:`.cwd` ``cwd``/``cwd-feat``, :mod:`.cirkd` ``cirkd-mb``/``cirkd-mem``,
+  and those published since: :mod:`.dist` ``dist``, :mod:`.bpkd` ``bpkd``, :mod:`.afdcd` ``afdcd``
+  and :mod:`.pixelwise` ``kd-ls`` (KD on standardised logits);
 * :mod:`.registry`: :func:`register_term` (each term class registers itself with it),
   :data:`METHODS` (every method's terms and default weights) and :class:`DistillationCriterion`.
 
@@ -24,14 +26,17 @@ means 10/C per pixel (0.53 on Cityscapes), SKD's pixel-wise term 10N.
 """
 # importing the term modules registers their terms with the registry
 from .adversarial import Discriminator, HolisticAdversarialLoss
+from .afdcd import AugmentationFreeDCD
+from .bpkd import BoundaryPrivilegedKD, edge_masks
 from .cirkd import CrossImageMemoryLoss, CrossImagePixelLoss
 from .common import (IGNORE_INDEX, check_choice, class_centres, class_weights, pairwise_distances, resize_labels,
                      softmax_kl, to_size)
 from .cwd import ChannelWiseDistillation
+from .dist import DISTLoss
 from .idd import InterClassDistanceLoss, interclass_distance_matrix
 from .ifvd import IntraClassFeatureVariationLoss
 from .pid import PositionDistillation, position_readout, position_targets
-from .pixelwise import PixelwiseKD, SegmentationCE
+from .pixelwise import PixelwiseKD, SegmentationCE, StandardizedKD
 from .registry import (METHODS, TEACHER_FREE_TERMS, TERM_BUILDERS, TERM_SEARCH, DistillationCriterion, Method,
                        SearchSpace, TermDims, get_method, method_weights, register_term)
 from .skd import PairwiseAffinityLoss
@@ -44,4 +49,5 @@ __all__ = [
     "softmax_kl", "to_size", "ChannelWiseDistillation", "InterClassDistanceLoss", "interclass_distance_matrix",
     "IntraClassFeatureVariationLoss", "PositionDistillation", "position_readout", "position_targets",
     "PixelwiseKD", "SegmentationCE", "PairwiseAffinityLoss",
+    "AugmentationFreeDCD", "BoundaryPrivilegedKD", "edge_masks", "DISTLoss", "StandardizedKD",
 ]

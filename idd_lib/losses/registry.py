@@ -93,6 +93,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("cwd-cirkd", {"ce": 1.0, "kd": 1.0, "cwd": 3.0, "cwd-feat": 50.0, "ho": 0.001},
            "CWD as in CIRKD's runs: KD + CWD on logits and features + adversarial"),
     Method("cirkd", {"ce": 1.0, "kd": 1.0, "cirkd-mb": 1.0, "cirkd-mem": 0.1}, "CIRKD (Cityscapes weights): KD + mini-batch + memory"),
+    # methods published since CIRKD (issue 21), each at its authors' published recipe
+    Method("dist", {"ce": 1.0, "dist": 1.0}, "DIST: inter- and intra-class Pearson relations (DIST_KD's segmentation recipe)"),
+    Method("kd-ls", {"ce": 0.1, "kd-ls": 9.0}, "KD on standardised logits, T = 2 (the authors' KD+Ours recipe, CIFAR-100)"),
+    Method("bpkd", {"ce": 1.0, "bpkd": 1.0}, "BPKD edge + body distillation (our reconstruction: no authors' loss code)"),
+    Method("af-dcd", {"ce": 1.0, "kd": 1.0, "afdcd": 1.0}, "Af-DCD: KD + masked feature mimicking + omni-contrast (Cityscapes scripts)"),
 )}
 
 
