@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from idd_lib.config import IDDConfig, KDConfig, LossConfig, PIDConfig
+from idd_lib.config import AfDCDConfig, IDDConfig, KDConfig, LossConfig, PIDConfig
 from idd_lib.losses import (TERM_BUILDERS, DistillationCriterion, InterClassDistanceLoss, PixelwiseKD,
                             PositionDistillation, class_weights, method_weights)
 
@@ -243,7 +243,8 @@ def test_criterion_computes_every_term_in_fp32_under_bf16_autocast(term):
     offset = 3 * torch.randn(1, 8, 1, 1, generator=torch.Generator().manual_seed(0))
     s = {"out": 4 * _feat(c=K, seed=1), "aux": _feat(c=K, seed=2), "feat": (offset[:, :4] + _feat(c=4, seed=3)).relu()}
     t = {"out": 4 * _feat(c=K, seed=4), "feat": (offset + _feat(c=8, seed=5)).relu()}
-    crit = DistillationCriterion(LossConfig("baseline", weights=((term, 1.0), ("ce", float(term == "ce")))), K, 4, 8)
+    crit = DistillationCriterion(LossConfig("baseline", weights=((term, 1.0), ("ce", float(term == "ce"))),
+                                            afdcd=AfDCDConfig(groups=4)), K, 4, 8)   # Af-DCD's groups divide 8
     images = torch.randn(3, 3, 32, 48)
     results = []
     for amp in (False, True):
@@ -257,3 +258,28 @@ def test_criterion_computes_every_term_in_fp32_under_bf16_autocast(term):
     assert value_amp.dtype == torch.float32 and grads
     torch.testing.assert_close(value_amp, value, rtol=1e-6, atol=0)
     torch.testing.assert_close(grads_amp, grads, rtol=1e-5, atol=1e-9)
+
+
+NEW_TERMS = ("dist", "kd-ls", "bpkd", "afdcd")     # the methods published since CIRKD (docs/baselines.md)
+
+
+@pytest.mark.parametrize("term", NEW_TERMS)
+def test_new_terms_give_finite_values_and_gradients_with_an_absent_class(term):
+    """Class 4 absent from every image, image 2 entirely ignored, logits saturated (x 30), a student
+    map at half the teacher's size: values and the student's gradients stay finite, the teacher gets
+    none, and a student equal to the teacher scores lower than a different one."""
+    labels = _labels(h=32, w=48)
+    labels[2] = 255
+    t = {"out": 30 * _feat(c=K, h=8, w=12, seed=4), "feat": _feat(c=32, h=8, w=12, seed=5).requires_grad_()}
+    crit = DistillationCriterion(LossConfig("baseline", weights=((term, 1.0), ("ce", 0.0)),
+                                            afdcd=AfDCDConfig(mask="centre")), K, 16, 32)
+    s = {"out": 30 * _feat(c=K, h=4, w=6, seed=1), "feat": _feat(c=16, h=4, w=6, seed=3)}
+    s = {name: v.requires_grad_() for name, v in s.items()}
+    total, values = crit(s, t, labels)
+    total.backward()
+    grads = [v.grad for v in s.values() if v.grad is not None]
+    assert torch.isfinite(total) and total > 0 and grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads) and t["feat"].grad is None
+    if term != "afdcd":       # logit terms: the teacher's own logits score lower (Af-DCD projects first)
+        same = crit({"out": t["out"]}, t, labels)[0]
+        assert same < total
