@@ -32,9 +32,10 @@ class DISTLoss(nn.Module):
     rho the Pearson correlation: inter-class (each pixel's distribution over the classes) and
     intra-class (each class's probabilities over all pixels of the batch). Defaults beta = gamma = 1,
     tau = 1, weight 1: hunto/DIST_KD ``segmentation/losses/dist_kd.py`` ``DIST()`` with
-    ``--lambda-kd 1`` in ``train_scripts/train_kd/{deeplabv3,pspnet}_res18.sh`` (on the main logits;
-    the scripts do not pass ``--aux``, so the auxiliary logits are not distilled), CE alone as the task
-    loss. Like DIST_KD it uses no labels: every pixel is a row, ignored ones included. The student's
+    ``--lambda-kd 1`` in ``train_scripts/train_kd/{deeplabv3,pspnet}_res18.sh``, CE as the task loss.
+    **Difference:** DIST_KD's trainer forces ``--aux`` on for ResNet students and adds 0.4 x the same
+    loss on the auxiliary logits; our teachers run in eval mode without their auxiliary output, so
+    only the main logits are distilled (``benchmarks/dist_aux_share.py`` measures what that leaves out). Like DIST_KD it uses no labels: every pixel is a row, ignored ones included. The student's
     logits are resized to the teacher's when they differ (DIST_KD's networks share one output size).
     tau is the classification code's (``tau**2`` times both relations); the segmentation code has none.
     ``tests/test_parity.py`` checks the term against DIST_KD's computation.
