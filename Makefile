@@ -9,7 +9,7 @@ METHODS ?=
 METHOD_OPTIONS ?=
 TRIALS ?= 6
 TUNE_SEEDS ?= 0,1
-SEEDS ?= 0,1,2,3,4
+SEEDS ?= 0,1,2,3,4,5,6
 # how the grids of 03_ablation and 07_position train (idd_lib.sweep; docs/speed-and-scale.md measures them)
 EXECUTOR ?= local
 WORKERS ?= 2

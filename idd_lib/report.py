@@ -363,11 +363,12 @@ def default_runs(frame: pd.DataFrame) -> pd.DataFrame:
 
 def with_tuning_defaults(runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> pd.DataFrame:
     """The study's default-setting runs plus the tuning's default-setting runs of the methods the study
-    does not run (``tuning/confirmation.csv``), so the comparisons and the verdict's strongest
-    competitor see every method that has default-setting seeds."""
+    does not run (``tuning/confirmation.csv``) on the study's seeds, so the comparisons and the verdict's
+    strongest competitor see every method that has default-setting seeds, paired with the study's."""
     if confirmation is None:
         return runs
-    extra = confirmation[(confirmation["setting"] == "default") & ~confirmation["method"].isin(runs["method"])]
+    extra = confirmation[(confirmation["setting"] == "default") & ~confirmation["method"].isin(runs["method"])
+                         & confirmation["seed"].isin(runs["seed"])]
     return pd.concat([runs, extra.assign(label=default_labels(extra))[runs.columns]], ignore_index=True)
 
 
@@ -393,10 +394,11 @@ def _comparison_markdown(table: pd.DataFrame) -> str:
 
 
 def _verdict_section(folder: Path, runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> list[str]:
+    from .tuning import tuned_rows
     from .verdict import RULE, sesoi_markdown, verdict_markdown, verdict_table
 
     tables = folder / "tables"
-    tuned = confirmation[confirmation["setting"] == "tuned"] if confirmation is not None else None
+    tuned = tuned_rows(confirmation) if confirmation is not None else None
     table = verdict_table(runs, _read_csv(tables / "position_probe_seeds.csv"),
                           _read_csv(tables / "position_sweep_seeds.csv"), tuned)
     write_table(table, tables / "verdict")
@@ -404,7 +406,8 @@ def _verdict_section(folder: Path, runs: pd.DataFrame, confirmation: pd.DataFram
         "## Verdict",
         "",
         "One row per claim, under the default settings of every method and under each method's setting tuned on "
-        "the held-out `tune` split (equal budget, `make tune`). `origin`: a claim of the paper (its abstract) or a "
+        "the held-out `tune` split (equal budget, `make tune`; read on the confirmation seeds the selection never "
+        "trained). `origin`: a claim of the paper (its abstract) or a "
         "hypothesis of this study. Columns: n seeds, the seed-paired difference (effect) and its 95% t-interval, "
         "the claim's smallest effect of interest (SESOI), the Holm-corrected p of the directional test and of "
         "TOST's upper test, the alpha of the row's Holm step, the smallest difference the directional test "
@@ -442,12 +445,17 @@ def _comparisons_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) 
 
 
 def tuned_method_table(confirmation: pd.DataFrame, runs: pd.DataFrame, teacher_miou: float) -> pd.DataFrame:
-    """Per method: val mIoU mean ± std of its default and its tuned setting over the confirmation
-    seeds, the tuned setting's tag, tuned - default, and each setting's Holm-corrected paired test
-    against the baseline with the share of the teacher-baseline gap closed."""
+    """Per method: val mIoU mean ± std of its default and its tuned setting over the fresh confirmation
+    seeds (those the selection never trained), the tuned setting's tag, and each setting's
+    Holm-corrected paired test against the baseline on those seeds (the study's baseline runs where
+    the confirmation has none) with the share of the teacher-baseline gap closed."""
     from .comparisons import comparison_table
+    from .tuning import BASELINE, fresh_confirmation
 
-    base = runs[runs["method"] == "baseline"].assign(label="baseline")
+    confirmation = fresh_confirmation(confirmation)
+    own = confirmation[confirmation["method"] == BASELINE]
+    base = (own if len(own) else runs[runs["method"] == BASELINE]).assign(label=BASELINE)[runs.columns]
+    confirmation = confirmation[confirmation["method"] != BASELINE]
     columns = {}
     for setting in ("default", "tuned"):
         part = confirmation[confirmation["setting"] == setting].assign(label=lambda f: f["method"])
@@ -477,21 +485,26 @@ def _tuning_runs(record: dict) -> str:
 
 def _tuning_section(folder: Path, runs: pd.DataFrame, teacher_miou: float, tuning: Path | None,
                     confirmation: pd.DataFrame | None) -> list[str]:
-    import json
+    from .tuning import BASELINE, fresh_seeds, tuning_record
 
     if confirmation is None:
         return ["## Tuned settings", "", "_no tuning results: `make tune PROFILE=<profile>` (idd_lib/tuning.py) "
                 "tunes every method with an equal budget on the `tune` split_", ""]
-    record = json.loads((tuning / "tuning.json").read_text())
+    record = tuning_record(tuning)
     markdown = write_table(tuned_method_table(confirmation, runs, teacher_miou), folder / "tables" / "tuned_methods")
+    commands = record.get("commands", [record["command"]])
+    tuned_methods = record.get("methods") or [m for m in confirmation["method"].unique() if m != BASELINE]
     return [
         "## Tuned settings",
         "",
-        f"Methods tuned: {', '.join(f'`{m}`' for m in confirmation['method'].unique())}, each with the same budget: "
+        f"Methods tuned: {', '.join(f'`{m}`' for m in tuned_methods)}, each with the same budget: "
         f"{record['trials']} settings (its default included) x seeds "
         f"{', '.join(map(str, record['tune_seeds']))} on the held-out `tune` split, selected by mean tune mIoU; the "
-        f"selected and the default setting then ran with seeds {', '.join(map(str, record['seeds']))}, reported on "
-        f"`val`. Command `{record['command']}`, commit `{record['commit'][:10]}`, "
+        f"selected and the default setting, and the baseline, then ran with seeds "
+        f"{', '.join(map(str, record['seeds']))} on `val`. The table reads the fresh seeds "
+        f"{', '.join(map(str, fresh_seeds(record)))} only, which the selection never trained (on its own seeds the "
+        f"tuned setting would carry the selection's luck). Commands "
+        f"{'; '.join(f'`{c}`' for c in commands)}, last commit `{record['commit'][:10]}`, "
         f"{_tuning_runs(record)}, {record['wall_time_s'] / 3600:.1f} h"
         + (f"; {record['source']}, not re-run by this study." if record.get("source") else "."),
         "",
@@ -551,7 +564,7 @@ def write_report(profile) -> Path:
     from .presets import get_profile
     from .rundir import read_result
     from .runs import teacher_dir
-    from .tuning import adopt_committed_tuning
+    from .tuning import adopt_committed_tuning, read_confirmation
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     folder = profile_dir(profile.name)
@@ -561,7 +574,7 @@ def write_report(profile) -> Path:
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     origin = _teacher_origin(teacher_dir(profile))
     tuning = adopt_committed_tuning(profile)
-    confirmation = _read_csv(tuning / "confirmation.csv") if tuning else None
+    confirmation = read_confirmation(tuning) if tuning else None
     runs = with_tuning_defaults(default_runs(frame), confirmation)
     lines = [*_header_section(profile), *_teacher_section(profile, teacher_result["miou"], origin),
              *_verdict_section(folder, runs, confirmation), *_students_section(folder),

@@ -187,9 +187,11 @@ def verdict_table(runs: pd.DataFrame | None, probe: pd.DataFrame | None = None, 
                   tuned: pd.DataFrame | None = None) -> pd.DataFrame:
     """The verdict rows under default settings (``runs``: method, seed, miou, tune_miou, pearson of
     the default-setting runs) and tuned settings (``tuned``: the same columns for each method's
-    selected setting, tuning/confirmation.csv); ``probe``/``sweep``: the per-seed tables of 07."""
+    selected setting and the baseline on the fresh confirmation seeds, :func:`idd_lib.tuning.tuned_rows`);
+    ``probe``/``sweep``: the per-seed tables of 07."""
     rows = _rows(_evidence(runs, probe, sweep, None, tuned=False), "default")
-    rows += _rows(_evidence(tuned, None, None, runs, tuned=True), "tuned")
+    own_baseline = tuned is not None and (tuned["method"] == "baseline").any()   # the fresh seeds' baseline
+    rows += _rows(_evidence(tuned, None, None, tuned if own_baseline else runs, tuned=True), "tuned")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

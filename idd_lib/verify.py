@@ -333,7 +333,9 @@ def verdict_of(runs: pd.DataFrame, confirmation: pd.DataFrame | None, probe: pd.
     """The verdict of a runs table (``runs.csv``'s columns), a confirmation and the per-seed tables."""
     from .verdict import verdict_table
 
-    tuned = confirmation[confirmation["setting"] == "tuned"] if confirmation is not None else None
+    from .tuning import tuned_rows
+
+    tuned = tuned_rows(confirmation) if confirmation is not None else None
     return verdict_table(verdict_runs(runs, confirmation), probe, sweep, tuned)
 
 
@@ -460,8 +462,9 @@ def _table(frame: pd.DataFrame) -> str:
 
 def committed_confirmation(folder: Path) -> pd.DataFrame | None:
     """A results or reference folder's tuning confirmation (None without one)."""
-    path = folder / TUNING / "confirmation.csv"
-    return pd.read_csv(path) if path.is_file() else None
+    from .tuning import read_confirmation
+
+    return read_confirmation(folder / TUNING)
 
 
 def verify(profile: Profile | str, root: Path | None = None) -> tuple[str, bool]:

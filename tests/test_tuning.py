@@ -88,6 +88,22 @@ def test_selection_uses_tune_means_and_never_reads_val():
     assert best.loc["idd", "seeds"] == 2
 
 
+def test_a_setting_with_a_diverged_seed_is_a_failed_trial_never_selected():
+    nan = float("nan")
+    trials = [{"method": "bpkd", "weights": w, "options": "", "tag": w, "seed": s, "tune_miou": v, "diverged": d}
+              for w, s, v, d in (("", 0, 40.0, False), ("", 1, 42.0, False), ("bpkd=8", 0, 60.0, False),
+                                 ("bpkd=8", 1, nan, True), ("bpkd=2", 0, 43.0, False), ("bpkd=2", 1, 44.0, False))]
+    best = tuning.select_best(trials).set_index("method")
+    assert best.loc["bpkd", "tag"] == "bpkd=2" and best.loc["bpkd", "default_tune_miou"] == pytest.approx(41.0)
+    every = [{**t, "tune_miou": nan, "diverged": True} for t in trials]
+    with pytest.raises(ValueError, match=r"every setting of \['bpkd'\] diverged"):
+        tuning.select_best(every)
+    table = pd.DataFrame([{"run": "a", "state": "failed", "error": "FloatingPointError: step 3: loss term 'ce' is nan"},
+                          {"run": "b", "state": "failed", "error": "RuntimeError: out of memory"},
+                          {"run": "c", "state": "done", "error": ""}])
+    assert tuning.diverged_runs(table) == {"a"}          # a crash stays an error of the grid
+
+
 def test_selection_refuses_runs_without_tune_numbers():
     with pytest.raises(ValueError, match="tune_miou"):
         tuning.select_best([{"method": "kd", "weights": "", "options": "", "tag": "", "seed": 0,
@@ -139,7 +155,7 @@ def test_tuning_end_to_end_on_the_quick_profile(tmp_path, monkeypatch):
     then its results committed as a reference and adopted by a study without its own."""
     options = "train.iterations=2,teacher_train.iterations=2,train.eval_every=0"
     code = tuning.main(["--profile", "quick", "--options", options, "--methods", "kd",
-                        "--trials", "2", "--tune-seeds", "0", "--seeds", "0,1"])
+                        "--trials", "2", "--tune-seeds", "0", "--seeds", "0,1,2"])
     assert code == 0
     from idd_lib.paths import profile_dir
     folder = profile_dir("quick") / "tuning"
@@ -147,12 +163,32 @@ def test_tuning_end_to_end_on_the_quick_profile(tmp_path, monkeypatch):
     assert record["trials"] == 2 and record["tuning_runs"] == 2 and record["default_setting_included"]
     assert record["command"].startswith("python -m idd_lib.tuning") and record["wall_time_s"] > 0
     tuned_elsewhere = pd.read_csv(folder / "selection.csv")["tag"].notna().all()
-    # 2 trials on seed 0; the default again on seeds 0 (the same run) and 1, the best one on 0 and 1
-    assert record["runs_trained"] == record["distinct_runs"] == 3 + tuned_elsewhere
+    # 2 trials on seed 0; the default again on seeds 0 (the same run), 1 and 2, the best one on 0-2, the baseline on 0-2
+    assert record["runs_trained"] == record["distinct_runs"] == 7 + 2 * tuned_elsewhere
     trials = pd.read_csv(folder / "trials.csv")
     assert "miou" not in trials and trials["tune_miou"].notna().all() and len(trials) == 2
     confirmation = pd.read_csv(folder / "confirmation.csv")
     assert set(confirmation["setting"]) == {"default", "tuned"} and confirmation["miou"].notna().all()
+    assert sorted(confirmation.loc[confirmation["method"] == "baseline", "seed"]) == [0, 1, 2]
+    assert (confirmation["fresh"] == (confirmation["seed"] != 0)).all()          # seed 0 selected: not fresh
+    assert set(tuning.tuned_rows(confirmation)["seed"]) == {1, 2}
+    # the confirmation extended by one seed trains only what it lacks: the default, the best, the baseline
+    assert tuning.main(["--profile", "quick", "--options", options, "--confirm-only", "--seeds", "0,1,2,3"]) == 0
+    extended = json.loads((folder / "tuning.json").read_text())
+    assert extended["runs_trained"] - record["runs_trained"] == 2 + tuned_elsewhere and extended["seeds"] == [0, 1, 2, 3]
+    longer = pd.read_csv(folder / "confirmation.csv")
+    assert len(longer) == len(confirmation) + len(confirmation) // 3 and longer.iloc[:len(confirmation)].empty is False
+    assert set(tuning.tuned_rows(longer)["seed"]) == {1, 2, 3} and len(extended["commands"]) == 2
+    # a method tuned later joins the folder: kd's rows are kept
+    assert tuning.main(["--profile", "quick", "--options", options, "--methods", "idd", "--trials", "2",
+                        "--tune-seeds", "0", "--seeds", "0,1,2,3"]) == 0
+    joined = json.loads((folder / "tuning.json").read_text())
+    assert joined["methods"] == ["kd", "idd"] and len(joined["commands"]) == 3
+    both = pd.read_csv(folder / "confirmation.csv")
+    pd.testing.assert_frame_equal(both[both["method"] == "kd"].reset_index(drop=True),
+                                  longer[longer["method"] == "kd"].reset_index(drop=True), check_dtype=False)
+    assert set(pd.read_csv(folder / "selection.csv")["method"]) == {"kd", "idd"}
+    confirmation = both
     assert (folder / "figures" / "tuning.png").is_file() and (folder / "selection.csv").is_file()
     # committed with the project: a study without its own tuning adopts it, at the same profile only
     import shutil
