@@ -89,15 +89,22 @@ def _raised_by_project(tb) -> bool:
     return tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR)
 
 
+def _run_by_papermill(shell) -> bool:
+    """Whether this kernel ran a cell of parameters that papermill injected."""
+    return any(cell.startswith(_INJECTED_HEADER) for cell in shell.history_manager.input_hist_raw)
+
+
 def _show_one_line(shell, etype, value, tb, tb_offset=None):
     if not _raised_by_project(tb):  # a bug, not bad input: the full traceback
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
         return
     sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb  # so %tb still shows it
     line = f"{etype.__name__}: {value}"
-    # the kernel's own stderr is the papermill CLI's terminal: the line comes before papermill's traceback
-    # (on a line of its own, after papermill's progress bar)
-    print(f"\nerror: {line}", file=sys.__stderr__, flush=True)
+    if _run_by_papermill(shell):
+        # the kernel's own stderr is the papermill CLI's terminal: the line comes before papermill's
+        # traceback (on a line of its own, after papermill's progress bar). In Lab that stream is
+        # forwarded to the notebook too, so there it would show twice.
+        print(f"\nerror: {line}", file=sys.__stderr__, flush=True)
     shell._showtraceback(etype, value, [f"\x1b[31m{line}\x1b[0m  (%tb shows the traceback)"])
 
 

@@ -10,7 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 from idd_lib import notebook as nb
-from idd_lib import runs
+from idd_lib import presets, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,26 @@ def test_project_errors_are_one_line_and_other_errors_keep_their_traceback():
     (project,), (bug,) = _errors(book.cells[3]), _errors(book.cells[4])
     assert len(project["traceback"]) == 1 and "profile" in project["traceback"][0] and project["ename"] == "ValueError"
     assert len(bug["traceback"]) > 1 and bug["ename"] == "ValueError"
+
+
+@pytest.mark.parametrize("papermill", [True, False])
+def test_a_project_error_shows_once_in_a_frontend(papermill, monkeypatch):
+    """The kernel's terminal copy of the line is for papermill's CLI; in a frontend (Lab) ipykernel
+    forwards that stream into the notebook, where it would be a second copy beside the red line."""
+    import io
+    import types
+
+    shown, terminal = [], io.StringIO()
+    history = (["# Parameters\nprofile = 'x'\n"] if papermill else []) + ["nb.parameters(...)"]
+    shell = types.SimpleNamespace(history_manager=types.SimpleNamespace(input_hist_raw=history),
+                                  _showtraceback=lambda etype, value, lines: shown.append(lines))
+    monkeypatch.setattr(sys, "__stderr__", terminal)
+    try:
+        presets.get_profile("nope")
+    except ValueError as err:
+        nb._show_one_line(shell, ValueError, err, err.__traceback__)
+    assert len(shown) == 1 and "unknown profile 'nope'" in shown[0][0]
+    assert ("error: ValueError: profile: unknown profile 'nope'" in terminal.getvalue()) == papermill
 
 
 def test_missing_prerequisite_runs_are_named_together():
