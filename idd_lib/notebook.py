@@ -94,6 +94,15 @@ def _run_by_papermill(shell) -> bool:
     return any(cell.startswith(_INJECTED_HEADER) for cell in shell.history_manager.input_hist_raw)
 
 
+def headless_stream():
+    """Where line-by-line progress goes: the terminal of a headless run (a kernel papermill runs, a
+    command whose stderr is a file); None where a live progress bar shows it (a terminal, Lab)."""
+    shell = _shell()
+    if shell is not None and getattr(shell, "history_manager", None) is not None:
+        return sys.__stderr__ if _run_by_papermill(shell) else None
+    return None if sys.stderr.isatty() else sys.stderr
+
+
 def _show_one_line(shell, etype, value, tb, tb_offset=None):
     if not _raised_by_project(tb):  # a bug, not bad input: the full traceback
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import runs, study
 from .config import SWEEP_NAME, Profile, apply_overrides, parse_assignments, parse_weights, teacher_of
+from .notebook import headless_stream
 from .paths import profile_dir
 from .presets import PROFILES, study_profile
 from .rundir import (CHECKPOINT, CLAIM, RESULT, SLURM_LOGS, SWEEP_LOG, TAKEOVER, atomic_write_text, make_folder, now,
@@ -507,11 +508,14 @@ def run_sweep(profile: Profile | str, grid: list[dict[str, Any]], executor: str 
         prepare_teacher(profile, options, progress, nproc)
     bar = tqdm(total=len(grid), initial=len(rows), desc=f"sweep ({executor})", unit="run", disable=not progress,
                dynamic_ncols=True)
+    lines = ProgressLines(len(grid), len(rows), headless_stream() if progress else None)
 
     def report(run: dict[str, Any], outcome: Outcome) -> None:
         rows[run["index"]] = table_row(profile, run, outcome)
+        failed = sum(row["state"] == "failed" for row in rows.values())
         bar.update()
-        bar.set_postfix(failed=sum(row["state"] == "failed" for row in rows.values()), refresh=False)
+        bar.set_postfix(failed=failed, refresh=False)
+        lines.finished(rows[run["index"]], failed)
 
     try:
         if pending:
@@ -522,6 +526,24 @@ def run_sweep(profile: Profile | str, grid: list[dict[str, Any]], executor: str 
     for row in table[table["state"] == "failed"].itertuples():
         warnings.warn(f"run {row.run} failed: {row.error} (log: {row.log or 'above'})", stacklevel=2)
     return table
+
+
+class ProgressLines:
+    """One line per finished run for a headless log (``stream``; None: silent): runs done / total,
+    the run, its state and wall time, and the ETA at this sweep's pace so far."""
+
+    def __init__(self, total: int, done: int, stream):
+        self.total, self.done, self.stream = total, done, stream
+        self.started, self.first_done = time.time(), done
+
+    def finished(self, row: dict[str, Any], failed: int) -> None:
+        self.done += 1
+        if self.stream is None:
+            return
+        pace = (time.time() - self.started) / (self.done - self.first_done)
+        eta = pace * (self.total - self.done)
+        print(f"[sweep] {self.done}/{self.total} runs ({failed} failed): {row['run']} {row['state']} in "
+              f"{float(row['wall_s'] or 0):.0f} s; ETA {eta / 60:.0f} min", file=self.stream, flush=True)
 
 
 def table_row(profile: Profile, run: dict[str, Any], outcome: Outcome) -> dict[str, Any]:

@@ -353,3 +353,20 @@ def test_workers_rebuild_their_profile_from_a_json_spec():
     unregistered = dataclasses.replace(profile, name="mine")
     with pytest.raises(sweep.SweepError, match="executor local: profile 'mine' is not a registered profile"):
         sweep.profile_spec(unregistered)
+
+
+def test_a_headless_sweep_prints_a_line_per_finished_run_with_an_eta(monkeypatch):
+    import io
+    import types
+
+    stream, clock = io.StringIO(), iter([100.0, 130.0, 160.0, 0.0])
+    monkeypatch.setattr(sweep, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    lines = sweep.ProgressLines(total=5, done=1, stream=stream)          # one run finished before
+    lines.finished({"run": "kd-s0-abc", "state": "done", "wall_s": 29.6}, failed=0)
+    lines.finished({"run": "kd-s1-def", "state": "failed", "wall_s": 3.0}, failed=1)
+    assert stream.getvalue().splitlines() == [
+        "[sweep] 2/5 runs (0 failed): kd-s0-abc done in 30 s; ETA 2 min",     # 30 s a run, 3 to go
+        "[sweep] 3/5 runs (1 failed): kd-s1-def failed in 3 s; ETA 1 min"]
+    silent = sweep.ProgressLines(total=2, done=0, stream=None)
+    silent.finished({"run": "x", "state": "done", "wall_s": 1.0}, failed=0)   # a terminal or Lab: the bar only
+    assert silent.done == 1
