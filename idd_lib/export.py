@@ -12,6 +12,8 @@ from markdown_it import MarkdownIt
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")  # Markdown bold in table cells (report.highlight_changes)
 _IMAGE = re.compile(r'<img src="([^":]+\.png)"')  # relative PNG sources, not data: or http: ones
+_PDF_LINK = re.compile(r'<a href="([^":]+\.pdf)"')    # relative PDF links
+_SECTION = re.compile(r"<h2>(.+?)</h2>")
 _STYLE = """body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
   line-height: 1.45; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.85rem; }
@@ -39,6 +41,36 @@ def _embed_images(body: str, folder: Path) -> str:
     return _IMAGE.sub(data_uri, body)
 
 
+def _embed_pdfs(body: str, folder: Path) -> str:
+    """Relative PDF links as downloads of the embedded file, so the page works sent alone."""
+    def data_link(match: re.Match) -> str:
+        path = folder / html.unescape(match.group(1))
+        if not path.is_file():
+            return match.group(0)
+        return (f'<a download="{html.escape(path.name)}" '
+                f'href="data:application/pdf;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"')
+
+    return _PDF_LINK.sub(data_link, body)
+
+
+def _with_contents(body: str) -> str:
+    """Section headings with ids, and a table of contents of them after the page's title."""
+    sections = []
+
+    def anchored(match: re.Match) -> str:
+        sections.append(match.group(1))
+        return f'<h2 id="section-{len(sections)}">{match.group(1)}</h2>'
+
+    body = _SECTION.sub(anchored, body)
+    if not sections:
+        return body
+    items = "".join(f'<li><a href="#section-{i}">{title}</a></li>\n' for i, title in enumerate(sections, 1))
+    contents = f'<nav class="contents"><strong>Contents</strong>\n<ol>\n{items}</ol>\n</nav>\n'
+    title_end = body.find("</h1>")
+    cut = title_end + len("</h1>\n") if title_end >= 0 else 0
+    return body[:cut] + contents + body[cut:]
+
+
 def html_body(markdown_path: str | Path) -> str:
     """A Markdown file as HTML, tables rendered, its PNG figures embedded (also what 06 displays:
     Jupyter cannot follow the report's relative figure links)."""
@@ -48,11 +80,12 @@ def html_body(markdown_path: str | Path) -> str:
 
 
 def markdown_to_html(markdown_path: str | Path) -> Path:
-    """Write ``<stem>.html`` beside a Markdown file: one page, figures embedded as data URIs."""
+    """Write ``<stem>.html`` beside a Markdown file: one page with a table of contents, figures
+    embedded as data URIs and PDF links as downloads of the embedded files."""
     markdown_path = Path(markdown_path)
     text = markdown_path.read_text()
     title = next((line.lstrip("# ").replace("`", "") for line in text.splitlines() if line.startswith("# ")), markdown_path.stem)
-    body = html_body(markdown_path)
+    body = _with_contents(_embed_pdfs(html_body(markdown_path), markdown_path.parent))
     path = markdown_path.with_suffix(".html")
     path.write_text(f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
                     f"<title>{html.escape(title)}</title>\n<style>\n{_STYLE}\n</style>\n</head>\n<body>\n{body}</body>\n</html>\n")

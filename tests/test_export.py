@@ -22,11 +22,18 @@ def test_tables_are_also_written_as_booktabs_latex(tmp_path):
 def test_report_html_is_one_file_with_rendered_tables_and_embedded_figures(tmp_path):
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "miou.png").write_bytes(PNG_1PX)
-    (tmp_path / "REPORT.md").write_text("# IDD study: profile `quick`\n\n| method | mIoU |\n|:--|--:|\n| idd | 50.00 |\n\n"
-                                        "![mIoU per method](figures/miou.png)\n\n_missing figure: tsne_\n")
+    (tmp_path / "figures" / "miou.pdf").write_bytes(b"%PDF-1.4 tiny")
+    (tmp_path / "REPORT.md").write_text("# IDD study: profile `quick`\n\n## Students\n\n| method | mIoU |\n|:--|--:|\n"
+                                        "| idd | 50.00 |\n\n![mIoU per method](figures/miou.png)\n\n"
+                                        "mIoU ([PDF](figures/miou.pdf))\n\n## Figures\n\n_missing figure: tsne_\n")
     page = export.markdown_to_html(tmp_path / "REPORT.md").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<title>IDD study: profile quick</title>" in page
     assert re.search(r"<td[^>]*>idd</td>\s*<td[^>]*>50.00</td>", page)
     (source,) = re.findall(r'<img src="([^"]+)"', page)
     assert source == "data:image/png;base64," + base64.b64encode(PNG_1PX).decode()
     assert "figures/" not in page.split("<body>")[1].split("<em>")[0]  # nothing left to fetch from disk
+    pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4 tiny").decode()
+    assert f'<a download="miou.pdf" href="{pdf}">PDF</a>' in page                 # works sent alone
+    contents = page.split('<nav class="contents">')[1].split("</nav>")[0]          # after the title, before the rest
+    assert page.index("</h1>") < page.index('<nav class="contents">') < page.index('<h2 id="section-1">Students</h2>')
+    assert re.findall(r'href="#(section-\d)">([^<]+)<', contents) == [("section-1", "Students"), ("section-2", "Figures")]
