@@ -42,6 +42,7 @@ from scipy import stats
 
 from .comparisons import (ALPHA, MAX_SEEDS, MIOU_SESOI, holm, holm_step_alphas, minimum_detectable_difference,
                           paired_difference, seeds_needed)
+from .names import IDD_FAMILY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ RULE = ("per row, two one-sided paired t-tests, each Holm-corrected across the c
         "**supported**: otherwise, the directional test rejects; **inconclusive**: neither (the row says how many "
         "seeds would decide); **missing**: no evidence for that setting yet.")
 SWEEP_PAIR = ("idd+pid", "idd")  # the prior sweep's networks with and without PID (config.SweepConfig.methods)
-NOT_COMPETITORS = ("baseline", "idd-only", "idd", "pid", "idd+pid")
+NOT_COMPETITORS = ("baseline", *IDD_FAMILY)
 COLUMNS = ["claim", "origin", "setting", "evidence", "n", "effect", "ci_low", "ci_high", "sd", "sesoi", "p",
            "p_holm", "p_tost", "p_tost_holm", "alpha_step", "mdd", "seeds_needed", "reading"]
 
