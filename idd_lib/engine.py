@@ -23,13 +23,14 @@ from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
 from tqdm.auto import tqdm  # a notebook bar in Jupyter, text on stderr elsewhere
 
-from . import distributed
+from . import distributed, preemption
 from .config import EvalConfig, RunConfig, check_limits
 from .data.datasets import (IGNORE_INDEX, DatasetSpec, SegmentationDataset, build_dataset, dataset_spec, eval_loader,
                             train_loader)
 from .losses import DistillationCriterion
 from .inference import check_eval_config, predict
 from .models import Segmentor, build_segmentor
+from .preemption import stop_requests
 from .provenance import provenance
 from .rundir import (CHECKPOINT, CONFIG, METRICS, MODEL, PROVENANCE, RESULT, MetricsLog,  # noqa: F401
                      atomic_save, atomic_write_text, drop_rows_after, load_run_state, load_state, make_folder, now,
@@ -351,7 +352,7 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
     batches = iter(loader)
     if run.rng_state is not None:  # only now: creating the data iterator draws from the global RNG
         restore_rng(run.rng_state)
-    with log, bar:
+    with log, bar, stop_requests() as stops:
         for images, labels in batches:
             images = images.to(run.device, non_blocking=True, memory_format=run.memory_format)
             loss, values = training_step(run.network, run.teacher, run.criterion, run.optimizer, images,
@@ -372,6 +373,10 @@ def train(cfg: RunConfig, run_dir: Path, teacher: Segmentor | None = None, *, re
                 log.write({"step": run.step, "split": "val", **validate(run, on_evaluate, val)})
             if must_save and run.step < total:
                 save_checkpoint(run)
+            signum = stops.pending() if run.step < total else 0
+            if signum:  # the scheduler's pre-emption or time limit: keep this step, stop
+                save_checkpoint(run)
+                preemption.stop(stops, signum, run.step, run.checkpoint)
         require_finite_weights(run.model, run.step, run.checkpoint)
         metrics = validate(run, on_evaluate, val)
         log.write({"step": run.step, "split": "val", **metrics})

@@ -124,6 +124,56 @@ def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tiny_prof
     assert [entry["step"] for entry in provenance["resumed"]] == [6]
 
 
+SIGNALLED_RUN = textwrap.dedent("""
+    import os, pickle, signal, sys
+    from pathlib import Path
+    from idd_lib import losses, runs
+
+    profile = pickle.loads(Path(sys.argv[1]).read_bytes())
+    at_call, signum = int(sys.argv[2]), getattr(signal, sys.argv[3])
+    forward, calls = losses.DistillationCriterion.forward, []
+
+    def forward_then_signal(self, *args):
+        calls.append(1)
+        if len(calls) == at_call:  # as Slurm does: the signal arrives in the middle of a step
+            os.kill(os.getpid(), signum)
+        return forward(self, *args)
+
+    losses.DistillationCriterion.forward = forward_then_signal
+    runs.run_student(profile, "idd+pid", 0, tag="signalled", progress=False)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_signalled_run_checkpoints_exits_and_resumes_to_the_uninterrupted_numbers(name, tiny_profile, tmp_path,
+                                                                                   monkeypatch):
+    """SIGTERM (a kill, Slurm's pre-emption and time limit) or SIGUSR1 (Slurm's --signal, submitit) at a
+    random step: the run finishes that step, writes its checkpoint between the periodic ones, says so in
+    one line and ends by the signal (a shell shows 128 + its number); the same call resumes and ends as
+    an uninterrupted run."""
+    import random
+
+    profile = with_iterations(tiny_profile, 8, checkpoint_every=100, log_every=1)   # no periodic checkpoint
+    with monkeypatch.context() as elsewhere:
+        elsewhere.setenv("IDD_RESULTS", str(tmp_path / "straight"))
+        straight = runs.run_student(profile, "idd+pid", 0, tag="straight", progress=False)
+    runs.ensure_teacher(profile, progress=False)
+    step = random.Random(name).randint(1, 7)
+    (tmp_path / "profile.pkl").write_bytes(pickle.dumps(profile))
+    (tmp_path / "run.py").write_text(SIGNALLED_RUN)
+    done = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "profile.pkl"), str(step), name],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    signum = getattr(signal, name)
+    assert done.returncode == -signum, done.stderr[-3000:]          # ended by the signal, as without a handler
+    assert f"error: stopped by {name} after step {step}: checkpoint written to" in done.stderr
+    folder = runs.run_dir(profile, runs.student_config(profile, "idd+pid", 0), "signalled")
+    assert engine.load_state(folder / "checkpoint.pt")["step"] == step and not (folder / "result.json").exists()
+    resumed = runs.run_student(profile, "idd+pid", 0, tag="signalled", progress=False)
+    assert resumed["miou"] == straight["miou"] and resumed["per_class_iou"] == straight["per_class_iou"], step
+    assert [r["step"] for r in train_rows(folder)] == list(range(1, 9))
+
+
 def test_run_killed_after_its_last_checkpoint_finishes_without_duplicate_rows(tiny_profile, tmp_path):
     cfg = tiny_profile.run_config("baseline", 0)
     first = engine.train(cfg, tmp_path, progress=False)
