@@ -151,16 +151,51 @@ def highlight_changes(table: pd.DataFrame, baseline: str = "baseline", top: int 
     return text
 
 
+COLUMN_LABELS = {"seeds": "seeds", "ci95": "95% CI ±", "delta_vs_baseline": "Δ vs baseline",
+                 "p_vs_baseline": "p vs baseline", "best_other": "best other", "delta_vs_best_other": "Δ vs best other",
+                 "p_vs_best_other": "p vs best other", "p_holm": "p (Holm)", "ci_low": "CI low", "ci_high": "CI high",
+                 "gap_closed": "gap closed", "alpha_step": "Holm step α", "mdd": "MDD", "seeds_needed": "seeds needed",
+                 "p_tost": "TOST p", "p_tost_holm": "TOST p (Holm)", "sesoi": "SESOI"}
+METHOD_COLUMNS = ("method", "network", "reference", "best other")
+_MEAN_TEXT = r"^-?\d+(\.\d+)?( ± \d+(\.\d+)?)?$"   # a "mean ± std" column (summarize's label column)
+
+
+def printed(frame: pd.DataFrame, index: bool = False) -> pd.DataFrame:
+    """A table as a paper prints it (Markdown and LaTeX; the CSV keeps the data's names): columns of
+    a single seed's missing statistics dropped, mean and std dropped beside their "mean ± std" column,
+    readable column and method names, rows in the paper's method order."""
+    from .names import method_label, method_rank
+
+    shown = frame.dropna(axis=1, how="all")
+    words = [c for c in shown.columns if not pd.api.types.is_numeric_dtype(shown[c])]
+    text = [c for c in words if shown[c].astype(str).str.match(_MEAN_TEXT).all()]
+    if text and {"mean", "std"} & set(shown.columns):
+        shown = shown.drop(columns=[c for c in ("mean", "std") if c in shown])
+    shown = shown.rename(columns=lambda c: COLUMN_LABELS.get(c, c.replace("_", " ") if isinstance(c, str) else c))
+    for column in METHOD_COLUMNS:
+        if column in shown and not pd.api.types.is_numeric_dtype(shown[column]):
+            shown[column] = shown[column].map(lambda v: method_label(v) if isinstance(v, str) else v)
+    if index and shown.index.name in METHOD_COLUMNS:
+        shown.index = [method_label(v) if isinstance(v, str) else v for v in shown.index]
+        shown.index.name = frame.index.name
+    key = "method" if "method" in frame else "network" if "network" in frame else None
+    if key and "family" not in frame:
+        shown = shown.iloc[np.argsort([method_rank(str(v)) for v in frame[key]], kind="stable")]
+    return shown
+
+
 def write_table(frame: pd.DataFrame, stem: str | Path, index: bool = False) -> str:
-    """CSV, Markdown and LaTeX (booktabs) next to each other; returns the Markdown."""
+    """CSV (the data as is), Markdown and LaTeX (booktabs; :func:`printed`) next to each other;
+    returns the Markdown."""
     from .export import latex_table
 
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(stem.with_suffix(".csv"), index=index)
-    markdown = frame.to_markdown(index=index, floatfmt=".2f")
+    shown = printed(frame, index)
+    markdown = shown.to_markdown(index=index, floatfmt=".2f")
     stem.with_suffix(".md").write_text(markdown + "\n")
-    stem.with_suffix(".tex").write_text(latex_table(frame, index))
+    stem.with_suffix(".tex").write_text(latex_table(shown, index))
     return markdown
 
 

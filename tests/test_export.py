@@ -37,3 +37,17 @@ def test_report_html_is_one_file_with_rendered_tables_and_embedded_figures(tmp_p
     contents = page.split('<nav class="contents">')[1].split("</nav>")[0]          # after the title, before the rest
     assert page.index("</h1>") < page.index('<nav class="contents">') < page.index('<h2 id="section-1">Students</h2>')
     assert re.findall(r'href="#(section-\d)">([^<]+)<', contents) == [("section-1", "Students"), ("section-2", "Figures")]
+
+
+def test_printed_tables_use_readers_names_the_papers_order_and_no_empty_statistics(tmp_path):
+    from idd_lib import report
+
+    frame = pd.DataFrame({"method": ["idd+pid", "baseline", "kd"], "seeds": [1, 1, 1], "mean": [66.0, 59.0, 64.0],
+                          "std": [float("nan")] * 3, "ci95": [float("nan")] * 3, "mIoU": ["66.00", "59.00", "64.00"],
+                          "delta_vs_baseline": [7.0, float("nan"), 5.0]})
+    markdown = report.write_table(frame, tmp_path / "methods")
+    header = markdown.splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["method", "seeds", "mIoU", "Δ vs baseline"]
+    assert [line.split("|")[1].strip() for line in markdown.splitlines()[2:]] == ["Baseline", "KD", "IDD+PID"]
+    assert "ci95" not in (tmp_path / "methods.tex").read_text() and "IDD+PID" in (tmp_path / "methods.tex").read_text()
+    assert pd.read_csv(tmp_path / "methods.csv").columns.tolist() == frame.columns.tolist()   # the data keeps its names

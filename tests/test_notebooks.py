@@ -45,7 +45,7 @@ def test_quick_study_runs_every_notebook_and_writes_the_report(quick_study):
         assert (quick_study / "tables" / f"{table}.csv").is_file() and (quick_study / "tables" / f"{table}.md").is_file()
     report = (quick_study / "REPORT.md").read_text()
     assert "_missing" not in report
-    for method in ("baseline", "kd", "idd", "idd+pid"):
+    for method in ("Baseline", "KD", "IDD", "IDD+PID"):   # printed tables name methods for readers
         assert f"| {method} " in report
     assert "val mIoU" in report and "figures/tsne.png" in report
     for stem in ("agreement_curves", "position_probe", "position_sweep"):
