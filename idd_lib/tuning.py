@@ -400,7 +400,8 @@ def merge_outputs(folder: Path, profile: Profile, tried: pd.DataFrame, best: pd.
 def read_settings(path: Path) -> pd.DataFrame:
     """``trials.csv`` or ``selection.csv`` with its setting columns as text (an empty one is the default's "")."""
     text = ("weights", "options", "tag", "default_options", "default_tag", "run_dir")
-    return pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False)
+    table = pd.read_csv(path, dtype={c: str for c in text})   # a diverged trial's empty tune_miou stays NaN
+    return table.fillna({c: "" for c in text if c in table.columns})
 
 
 def _concat(old: pd.DataFrame, new: pd.DataFrame, kept: Sequence[str]) -> pd.DataFrame:

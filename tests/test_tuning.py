@@ -104,6 +104,18 @@ def test_a_setting_with_a_diverged_seed_is_a_failed_trial_never_selected():
     assert tuning.diverged_runs(table) == {"a"}          # a crash stays an error of the grid
 
 
+def test_a_diverged_trial_reads_back_as_a_number_missing_and_the_default_as_an_empty_tag(tmp_path):
+    trials = pd.DataFrame([{"method": "bpkd", "seed": 0, "weights": "", "options": "", "tag": "", "tune_miou": 40.5,
+                            "run_dir": "default/runs/a", "diverged": False},
+                           {"method": "bpkd", "seed": 0, "weights": "bpkd=8", "options": "", "tag": "bpkd=8",
+                            "tune_miou": float("nan"), "run_dir": "default/runs/b", "diverged": True}])
+    trials.to_csv(tmp_path / "trials.csv", index=False)
+    back = tuning.read_settings(tmp_path / "trials.csv")
+    assert back["tune_miou"].dtype.kind == "f" and back["tune_miou"].isna().tolist() == [False, True]
+    assert back["tag"].tolist() == ["", "bpkd=8"] and back["weights"].tolist() == ["", "bpkd=8"]
+    assert back.groupby("tag")["tune_miou"].mean().loc[""] == pytest.approx(40.5)   # what the tuning figure does
+
+
 def test_selection_refuses_runs_without_tune_numbers():
     with pytest.raises(ValueError, match="tune_miou"):
         tuning.select_best([{"method": "kd", "weights": "", "options": "", "tag": "", "seed": 0,
