@@ -8,7 +8,7 @@ Every number is a last-iterate checkpoint evaluated single-scale on the validati
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,17 +44,22 @@ def paired_difference(values: pd.Series, other: pd.Series) -> tuple[float, float
     return float(delta.mean()), float(stats.ttest_rel(a, b).pvalue)
 
 
-def current_results(profile) -> list[dict]:
+def current_results(profile, grid: Sequence[Mapping] | None = None) -> list[dict]:
     """The finished student runs of ``profile`` whose config digest is what the code resolves today
     for their method, seed, weights and options. A run left in the folder by an earlier version of
-    the config (older code, changed profile) is skipped, so it never mixes into the statistics."""
+    the config (older code, changed profile) is skipped, so it never mixes into the statistics.
+    ``grid``: only the runs it names (method, seed, tag), e.g. the study's own
+    (:func:`idd_lib.study.ablation_grid`), so runs made by hand or by the tuning stay out."""
     from .config import teacher_of, variant_digest
     from .presets import get_profile
     from .runs import collect_results, student_config
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
+    named = None if grid is None else {(run["method"], int(run["seed"]), run["tag"]) for run in grid}
     kept = []
     for result in collect_results(profile):
+        if named is not None and (result["method"], int(result["seed"]), result.get("tag") or "") not in named:
+            continue
         try:
             cfg = student_config(profile, result["method"], result["seed"], result.get("weights_override") or None,
                                  result.get("options") or None, check=False)
@@ -599,13 +604,14 @@ def write_report(profile) -> Path:
     from .presets import get_profile
     from .rundir import read_result
     from .runs import teacher_dir
+    from .study import ablation_grid
     from .tuning import adopt_committed_tuning, read_confirmation
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     folder = profile_dir(profile.name)
     _check_study(folder, teacher_dir(profile), profile.name)
     teacher_result = read_result(teacher_dir(profile))
-    frame = results_frame(current_results(profile))
+    frame = results_frame(current_results(profile, ablation_grid(profile)))
     provenance_md = write_table(runs_table(frame), folder / "tables" / "runs")
     origin = _teacher_origin(teacher_dir(profile))
     tuning = adopt_committed_tuning(profile)

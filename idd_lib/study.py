@@ -8,10 +8,13 @@ notebook and cell.
 from __future__ import annotations
 
 import argparse
+import ast
+import hashlib
 import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +22,22 @@ from .config import Profile, parse_assignments, parse_weights
 from .notebook import KERNEL_NAME, ensure_kernel
 from .paths import profile_dir, project_root
 from .presets import study_profile
+from .rundir import atomic_write_text
 from .runs import join_options, override_tag, run_dir, student_config
+from .teachers import file_sha256
 
 # 07_position runs before 06_report: the report collects what every analysis notebook wrote.
 STUDY_NOTEBOOKS = ("00_synthetic_data", "01_teacher", "03_ablation", "04_interclass_distance", "05_tsne",
                    "07_position", "06_report")
+
+
+# The notebook that composes the report: cheap, and it reads every other notebook's outputs and the
+# tuning, so the study always runs it again.
+REPORT_NOTEBOOK = "06_report"
+# Where a study notebook writes what the report shows (recorded per executed notebook, see execute).
+OUTPUT_FOLDERS = ("tables", "figures")
+# Parameters that say where and how a notebook runs, not what it shows.
+RUN_PARAMETERS = ("profile", "options", "progress", "nproc", "executor", "workers", "threads", "slurm")
 
 
 class StudyError(RuntimeError):
@@ -34,19 +48,46 @@ def notebook_dir() -> Path:
     return project_root() / "notebooks"
 
 
+def manifest_path(output: Path) -> Path:
+    """Beside an executed notebook: the files it wrote and their SHA-256."""
+    return output.with_name(output.stem + ".outputs.json")
+
+
+def write_manifest(output: Path, folder: Path | None, started: float) -> None:
+    """Record the files under ``folder``'s tables/ and figures/ written since ``started`` (paths
+    relative to the manifest, so a moved results folder keeps it valid)."""
+    written = sorted(p for sub in OUTPUT_FOLDERS for p in (folder / sub).glob("*")
+                     if p.is_file() and p.stat().st_mtime >= started - 1) if folder else []
+    files = {os.path.relpath(p, output.parent): file_sha256(p) for p in written}
+    atomic_write_text(manifest_path(output), json.dumps(files, indent=1) + "\n")
+
+
+def outputs_intact(output: Path) -> bool:
+    """Every file the executed notebook recorded is on disk as it wrote it."""
+    try:
+        files = json.loads(manifest_path(output).read_text())
+        return all(file_sha256(output.parent / name) == digest for name, digest in files.items())
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def is_complete(output: Path, parameters: dict[str, Any]) -> bool:
-    """An executed notebook that ran every cell without an exception for these parameters."""
+    """An executed notebook that ran every cell without an exception for these parameters, whose
+    recorded outputs are on disk unchanged (an overwritten figure or table makes it run again)."""
     if not output.is_file():
         return False
     try:
         meta = json.loads(output.read_text()).get("metadata", {}).get("papermill", {})
     except (OSError, json.JSONDecodeError):
         return False
-    return meta.get("parameters") == parameters and not meta.get("exception") and meta.get("end_time") is not None
+    finished = meta.get("parameters") == parameters and not meta.get("exception") and meta.get("end_time") is not None
+    return finished and outputs_intact(output)
 
 
-def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = False) -> bool:
-    """Execute ``notebooks/<name>.ipynb`` into ``output``; returns False when skipped as complete."""
+def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = False,
+            outputs: Path | None = None) -> bool:
+    """Execute ``notebooks/<name>.ipynb`` into ``output``; returns False when skipped as complete.
+    ``outputs``: the folder whose tables/ and figures/ the notebook writes (recorded beside ``output``)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
@@ -60,6 +101,7 @@ def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = F
         available = sorted(p.stem for p in notebook_dir().glob("*.ipynb"))
         raise StudyError(f"notebook {name}: {source} does not exist; expected one of {available}")
     ensure_kernel()
+    started = time.time()
     # CurveZMQ keys for the kernel (its kernelspec supports them): no plain-TCP warning from every run
     encrypted = Config({"KernelManager": {"transport_encryption": "auto"}})
     try:
@@ -73,6 +115,7 @@ def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = F
     except (RuntimeError, TimeoutError) as err:  # nbclient's DeadKernelError / CellTimeoutError
         raise StudyError(f"notebook {name}: the kernel died or timed out ({type(err).__name__}: {err}); "
                          f"partial copy: {running}") from None
+    write_manifest(output, outputs, started)
     os.replace(running, output)
     output.with_name(output.stem + ".failed.ipynb").unlink(missing_ok=True)  # a stale copy from an earlier failure
     return True
@@ -128,6 +171,30 @@ def notebook_parameters(profile: Profile, name: str, options: str,
     return {**parameters, "sweep": False} if name == "07_position" and not synthetic else parameters
 
 
+def notebook_defaults(name: str) -> dict[str, Any]:
+    """The values of notebook ``name``'s parameters cell."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook_dir() / f"{name}.ipynb"))
+    return {key: ast.literal_eval(spec["default"]) for key, spec in declared.items()}
+
+
+def output_dir(profile: Profile, name: str, parameters: Mapping[str, Any]) -> Path:
+    """Where notebook ``name`` writes its figures and tables: the profile's folder, which the report
+    reads, when every parameter that chooses what it shows is the study's; else its own folder
+    ``explore/<name>-<digest of those parameters>/`` there, so exploring never replaces the study's."""
+    study = {**notebook_defaults(name), **(notebook_parameters(profile, name, "") or {})}
+    chosen = {k: v for k, v in parameters.items() if k not in RUN_PARAMETERS and v != study.get(k)}
+    folder = profile_dir(profile.name)
+    if not chosen:
+        return folder
+    digest = hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:8]
+    explore = folder / "explore" / f"{name}-{digest}"
+    print(f"exploring ({', '.join(f'{k}={v!r}' for k, v in chosen.items())}): figures and tables go to {explore}, "
+          "not to the study's")
+    return explore
+
+
 def run_study(profile_name: str, force: bool = False, only: tuple[str, ...] = (), options: str = "",
               sweep: dict[str, Any] | None = None) -> Path:
     """The study's notebooks for one profile; ``sweep``: how 03_ablation and 07_position train their
@@ -141,7 +208,7 @@ def run_study(profile_name: str, force: bool = False, only: tuple[str, ...] = ()
         if parameters is None:
             print(f"[study] {name}: skipped ({profile.data.dataset} data, not the synthetic benchmark)", flush=True)
             continue
-        ran = execute(name, out / "notebooks" / f"{name}.ipynb", parameters, force)
+        ran = execute(name, out / "notebooks" / f"{name}.ipynb", parameters, force or name == REPORT_NOTEBOOK, out)
         print(f"[study] {name}: {'done' if ran else 'complete, skipped'} in {time.time() - t0:.0f} s", flush=True)
     print(f"[study] profile {profile.name}: {time.time() - started:.0f} s; report: {out / 'REPORT.md'}", flush=True)
     return out / "REPORT.md"

@@ -45,6 +45,7 @@ from .config import Profile
 from .paths import profile_dir, reference_dir
 from .presets import get_profile
 from .report import current_results, paired_difference, results_frame, summarize
+from .study import ablation_grid
 from .teachers import file_sha256
 from .tuning import TUNING, tuning_record
 from .rundir import (MODEL, RESULT, RunFileError, atomic_write_text, now, read_json, read_provenance, read_result,
@@ -76,17 +77,11 @@ def _current(profile: Profile) -> list[dict[str, Any]]:
     if not (folder / "runs").is_dir():
         raise VerifyError(f"{folder}: no study results here; expected the runs of 'make study PROFILE={profile.name}' "
                           "(IDD_RESULTS selects another results folder)")
-    results = study_runs(profile, current_results(profile))
+    results = current_results(profile, ablation_grid(profile))   # the study's own runs, not the tuning's
     if not results:
         raise VerifyError(f"{folder / 'runs'}: no finished run of the current configuration; "
                           f"run 'make study PROFILE={profile.name}' first")
     return results
-
-
-def study_runs(profile: Profile, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs of the study itself: the profile's methods at default settings (not the tuning's trials
-    and tuned settings, or the extra methods of a wider 03_ablation in the same folder)."""
-    return [r for r in results if r["method"] in profile.methods and not r.get("tag")]
 
 
 def runs_table(results: list[dict[str, Any]]) -> pd.DataFrame:

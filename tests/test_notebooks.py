@@ -83,7 +83,44 @@ def test_executed_notebooks_show_each_figure_once_with_progress_and_no_noise(qui
 def test_second_study_run_skips_complete_notebooks(quick_study, capsys):
     study.run_study("quick", only=("01_teacher", "06_report"))
     out = capsys.readouterr().out
-    assert "01_teacher: complete, skipped" in out and "06_report: complete, skipped" in out
+    assert "01_teacher: complete, skipped" in out and "06_report: done" in out   # the report is always rebuilt
+
+
+def _study_outputs(folder: Path) -> dict[str, bytes]:
+    """REPORT.md without its time stamp, and every table and PNG figure the report shows."""
+    report = "\n".join(line for line in (folder / "REPORT.md").read_text().splitlines() if "Generated " not in line)
+    files = {str(p.relative_to(folder)): p.read_bytes() for sub in ("tables", "figures") for p in (folder / sub).glob("*")
+             if p.suffix != ".pdf"}   # a PDF stamps its creation time
+    return {"REPORT.md": report.encode(), **files}
+
+
+def _papermill(name: str, tmp_path: Path, *parameters: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{name}.ipynb"),
+                           str(tmp_path / f"{name}.ipynb"), "-p", "profile", "quick", *parameters],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_exploring_and_runs_made_by_hand_never_change_what_the_study_reports(quick_study, tmp_path, capsys):
+    before = _study_outputs(quick_study)
+    _papermill("04_interclass_distance", tmp_path, "-p", "methods", "baseline,idd")
+    _papermill("05_tsne", tmp_path, "-p", "methods", "kd,idd+pid")
+    _papermill("03_ablation", tmp_path, "-p", "methods", "baseline,idd", "-p", "seeds", "0")
+    _papermill("02_distill", tmp_path, "-p", "method", "baseline", "-p", "seed", "1", "-p", "progress", "False")
+    explored = sorted(p.name for p in (quick_study / "explore").iterdir())
+    assert [name.rsplit("-", 1)[0] for name in explored] == ["03_ablation", "04_interclass_distance", "05_tsne"]
+    assert (quick_study / "explore" / explored[1] / "figures" / "distance_heatmaps.png").is_file()
+    capsys.readouterr()
+    study.run_study("quick")
+    assert _study_outputs(quick_study) == before        # the seed-1 run and the explorations stay out
+    assert capsys.readouterr().out.count("complete, skipped") == len(study.STUDY_NOTEBOOKS) - 1   # all but 06
+
+    figure = quick_study / "figures" / "miou.png"
+    figure.write_bytes(before["tables/methods.csv"])      # a study figure overwritten by hand
+    capsys.readouterr()
+    study.run_study("quick")
+    assert "03_ablation: done" in capsys.readouterr().out and _study_outputs(quick_study) == before
 
 
 @pytest.mark.slow

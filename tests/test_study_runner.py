@@ -2,7 +2,9 @@
 for the same parameters, re-runs failed or unfinished ones, and says which cell of which notebook
 failed (issue 6)."""
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import nbformat
@@ -15,7 +17,8 @@ PARAMETERS = """\
 profile: str = "quick"  # study profile
 fail: bool = False  # raise in the last cell
 die: bool = False  # kill the kernel
-log: str = ""  # file that gets one line per execution"""
+log: str = ""  # file that gets one line per execution
+table: str = ""  # a file the notebook writes, as a study notebook writes a table"""
 
 CELLS = [
     "from idd_lib import notebook as nb",
@@ -24,6 +27,7 @@ CELLS = [
     "if log:\n    with open(log, 'a') as f:\n        f.write('executed\\n')",
     "if die:\n    import os\n    os._exit(1)",
     "if fail:\n    raise ValueError('deliberate failure')",
+    "if table:\n    open(table, 'w').write('the table')",
 ]
 
 
@@ -109,3 +113,23 @@ def test_study_command_reports_the_failing_notebook_and_an_unknown_one(notebooks
     assert study.main(["--profile", "quick", "--only", "brokn"]) == 1
     assert re.search(r"error: notebook brokn: .*brokn.ipynb does not exist; expected one of \['broken', "
                      r"'throwaway'\]", capsys.readouterr().err)
+
+
+def test_a_notebook_whose_recorded_output_changed_or_is_gone_runs_again(notebooks, tmp_path):
+    log, output, folder = tmp_path / "log.txt", tmp_path / "out" / "notebooks" / "throwaway.ipynb", tmp_path / "out"
+    table = folder / "tables" / "methods.csv"
+    table.parent.mkdir(parents=True)
+    (folder / "tables" / "older.csv").write_text("written before")
+    os.utime(folder / "tables" / "older.csv", (time.time() - 60, time.time() - 60))
+    params = {"profile": "quick", "log": str(log), "table": str(table)}
+    assert study.execute("throwaway", output, params, outputs=folder) is True
+    assert json.loads(study.manifest_path(output).read_text()) == {
+        "../tables/methods.csv": study.file_sha256(table)}   # only what this execution wrote, relative
+    assert study.execute("throwaway", output, params, outputs=folder) is False
+    table.write_text("edited by hand")
+    assert not study.is_complete(output, params)
+    assert study.execute("throwaway", output, params, outputs=folder) is True and table.read_text() == "the table"
+    table.unlink()
+    assert study.execute("throwaway", output, params, outputs=folder) is True
+    study.manifest_path(output).unlink()
+    assert study.execute("throwaway", output, params, outputs=folder) is True and executions(log) == 4
