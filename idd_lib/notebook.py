@@ -33,8 +33,10 @@ class ParameterError(ValueError):
 
 
 def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
-    """Validate the notebook's parameters (names and types) and return them as a dict.
-    Also installs :func:`one_line_errors`, so a bad parameter reads as one line."""
+    """Validate the notebook's parameters (names and types), write the normalised values back into
+    ``namespace`` (the notebook's globals: a papermill number given for a text parameter becomes that
+    text there too) and return them as a dict. Also installs :func:`one_line_errors`, so a bad
+    parameter reads as one line."""
     one_line_errors()
     declared: dict[str, type] = dict(namespace.get("__annotations__", {}))
     unknown = sorted(_injected_names() - set(declared))
@@ -50,6 +52,7 @@ def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
         if isinstance(kind, type) and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ParameterError(f"parameter {name}: expected {kind.__name__}, got {value!r}")
         values[name] = value
+    namespace.update(values)
     return values
 
 

@@ -44,7 +44,7 @@ from scipy import stats
 from .config import Profile
 from .paths import profile_dir, reference_dir
 from .presets import get_profile
-from .report import current_results, paired_difference, results_frame, summarize
+from .report import current_results, results_frame, summarize
 from .study import ablation_grid
 from .teachers import file_sha256
 from .tuning import TUNING, tuning_record

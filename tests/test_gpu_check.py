@@ -91,5 +91,6 @@ def test_the_smoke_run_trains_evaluates_and_writes_every_figure(tmp_path):
     assert all(row["images_per_s"] > 0 for row in report["speed"] if "images_per_s" in row)
     training = report["training"]
     assert training["passed"] and training["finite"] and training["iterations"] == 30
+    assert training["method"] == "idd+pid" and training["pid_teacher_fit"] == "joint"  # what it trained, in the JSON
     assert training["loss_last_tenth"] < training["loss_first_tenth"] and 0 <= training["miou"] <= 100
     assert "training check: passed" in done.stdout

@@ -128,7 +128,7 @@ def test_show_displays_the_saved_figure_once_and_returns_nothing(monkeypatch, tm
                                          ("0,1", "0,1")])
 def test_a_text_parameter_takes_papermills_number_or_list(given, text):
     namespace = {"__annotations__": {"seeds": str}, "seeds": given}
-    assert nb.parameters(namespace) == {"seeds": text}
+    assert nb.parameters(namespace) == {"seeds": text} and namespace["seeds"] == text  # the notebook's globals too
 
 
 @pytest.mark.parametrize("given", [True, None, {"a": 1}, [0, None]])
