@@ -100,3 +100,27 @@ def test_the_check_fails_on_a_missing_document_or_heading(tmp_path, cite):
 
 def test_readme_stays_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_the_readme_results_table_is_the_committed_confirmation():
+    """Each row's default and tuned mIoU ± std and distance r recompute from
+    reference/default/tuning/confirmation.csv on its fresh seeds (a number edited by hand fails)."""
+    import pandas as pd
+
+    confirmation = pd.read_csv(ROOT / "reference" / "default" / "tuning" / "confirmation.csv")
+    fresh = confirmation[confirmation["fresh"]]
+    section = (ROOT / "README.md").read_text().split("## Results on the default profile")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
+    assert {row[0].split("`")[1] for row in rows} == set(confirmation["method"]) - {"baseline"}
+
+    def cell(method: str, setting: str, column: str = "miou") -> str:
+        values = fresh[(fresh["method"] == method) & (fresh["setting"] == setting)][column]
+        assert len(values) == 5, (method, setting)
+        return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+    for row in rows:
+        method = row[0].split("`")[1]
+        assert row[1] == cell(method, "default"), method
+        assert row[4].split(" (")[0] == cell(method, "tuned"), method
+        assert row[7].rstrip(" |") == cell(method, "default", "pearson"), method
+    assert f"baseline {cell('baseline', 'default')})" in " ".join(section.split())

@@ -1,4 +1,5 @@
 """Statistics of the report on synthetic result rows, the per-run provenance table, REPORT.md."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -158,6 +159,7 @@ def test_report_embeds_every_figure_and_table(tiny_profile, monkeypatch, tmp_pat
 
 def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch, tmp_path):
     """Five seeds of four methods, a tuning folder and 07's per-seed tables: every new section is filled."""
+    tiny_profile = dataclasses.replace(tiny_profile, seeds=(0, 1, 2, 3, 4))   # the study's grid
     monkeypatch.setitem(presets.PROFILES, "tiny", tiny_profile)
     folder = tmp_path / "results"
     monkeypatch.setenv("IDD_RESULTS", str(folder))
@@ -173,6 +175,8 @@ def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch
         result.update({"tune_miou": row["miou"] - 1, "agreement/pearson": 0.9 + 0.01 * (row["method"] == "idd")
                        + 0.001 * row["seed"] * (row["method"] == "kd")})
         (run / "result.json").write_text(json.dumps(result))
+    by_hand = runs.student_config(tiny_profile, "kd", 5).digest()   # a run outside the study's grid (seeds 0-4)
+    _fake_run(folder / "tiny" / "runs" / "kd-s5", "kd", 5, 99.0, by_hand)
     tuning = folder / "tiny" / "tuning"
     tuning.mkdir(parents=True)
     confirmation = pd.DataFrame([{"method": r["method"], "setting": setting, "tag": "" if setting == "default" else "w=2",
@@ -200,6 +204,7 @@ def test_report_verdict_comparisons_and_tuned_sections(tiny_profile, monkeypatch
     assert "## Verdict" in text and "## Comparisons" in text and "python -m idd_lib.tuning --profile tiny" in text
     assert "59 runs (41 trained by the command, the others finished before), 2.0 h" in text
     comparisons = pd.read_csv(folder / "tiny" / "tables" / "comparisons.csv")
+    assert 5 not in set(pd.read_csv(folder / "tiny" / "tables" / "runs.csv")["seed"])
     assert set(comparisons["family"]) == {"vs baseline", "idd vs others"} and comparisons["n"].eq(5).all()
     assert (comparisons["method"] == "cwd").sum() == 1 and (comparisons["reference"] == "cwd").sum() == 1
     tuned = pd.read_csv(folder / "tiny" / "tables" / "tuned_methods.csv").set_index("method")
