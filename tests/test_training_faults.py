@@ -1,5 +1,6 @@
 """Faults during training: NaN/inf losses, a killed process, torn or corrupt checkpoints, and what
 each run folder records (issue 6)."""
+import dataclasses
 import datetime
 import json
 import os
@@ -254,7 +255,8 @@ def test_runs_write_only_their_own_folder_with_its_provenance_and_the_report_rea
     assert started <= finished <= datetime.datetime.now(datetime.timezone.utc)
     assert "resumed" not in prov
 
-    monkeypatch.setitem(presets.PROFILES, "tiny", tiny_profile)
+    # the report reads the study's grid: here seeds 0 and 1, so the second run is one of its rows
+    monkeypatch.setitem(presets.PROFILES, "tiny", dataclasses.replace(tiny_profile, seeds=(0, 1)))
     prov.update(device="cpu (provenance marker)", git={"commit": "0123456789abcdef", "dirty": True})
     (folder / "provenance.json").write_text(json.dumps(prov))
     report.write_report("tiny")
