@@ -45,7 +45,20 @@ class StudyError(RuntimeError):
 
 
 def notebook_dir() -> Path:
-    return project_root() / "notebooks"
+    """The notebooks the study executes: those of the checkout idd_lib is imported from (its
+    editable install), whatever the working directory (a kernel started beside a copied notebook);
+    else the project root's."""
+    checkout = Path(__file__).resolve().parents[1] / "notebooks"
+    return checkout if checkout.is_dir() else project_root() / "notebooks"
+
+
+def notebook_source(name: str) -> Path:
+    """The study's notebook ``name``; a one-line error naming the folder when it is not there."""
+    source = notebook_dir() / f"{name}.ipynb"
+    if not source.is_file():
+        available = sorted(p.stem for p in notebook_dir().glob("*.ipynb"))
+        raise StudyError(f"notebook {name}: {source} does not exist; expected one of {available}")
+    return source
 
 
 def manifest_path(output: Path) -> Path:
@@ -96,10 +109,7 @@ def execute(name: str, output: Path, parameters: dict[str, Any], force: bool = F
         return False
     output.parent.mkdir(parents=True, exist_ok=True)
     running = output.with_name(output.stem + ".running.ipynb")
-    source = notebook_dir() / f"{name}.ipynb"
-    if not source.is_file():
-        available = sorted(p.stem for p in notebook_dir().glob("*.ipynb"))
-        raise StudyError(f"notebook {name}: {source} does not exist; expected one of {available}")
+    source = notebook_source(name)
     ensure_kernel()
     started = time.time()
     # CurveZMQ keys for the kernel (its kernelspec supports them): no plain-TCP warning from every run
@@ -175,7 +185,7 @@ def notebook_defaults(name: str) -> dict[str, Any]:
     """The values of notebook ``name``'s parameters cell."""
     import papermill
 
-    declared = papermill.inspect_notebook(str(notebook_dir() / f"{name}.ipynb"))
+    declared = papermill.inspect_notebook(str(notebook_source(name)))
     return {key: ast.literal_eval(spec["default"]) for key, spec in declared.items()}
 
 

@@ -1,6 +1,7 @@
 """The notebooks as a new user meets them: JupyterLab in a real browser (Debian's Chromium, headless,
 driven by Playwright), notebooks opened from the file browser and run with Run > Run All Cells, twice
-in the same kernel. On failure a screenshot is kept under test-artifacts/browser/."""
+in the same kernel; the study's REPORT.html opened alone. Each test's last screen is kept under
+test-artifacts/browser/."""
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from idd_lib.notebook import KERNEL_DISPLAY_NAME
+from study_outputs import study_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -100,10 +102,9 @@ def page(browser, lab, request):
     page.set_default_timeout(60_000)
     page.goto(lab[0])
     yield page
-    call = getattr(request.node, "rep_call", None)  # set by conftest.py's pytest_runtest_makereport
-    if call is None or call.failed:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    # what each test left on screen, kept also when it passed (a failed one's shows why)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     page.close()
 
 
@@ -116,8 +117,14 @@ def _open_from_file_browser(page, name: str):
 
 def _execution_counts(notebook) -> list[int | None]:
     """Each code cell's ``[n]`` (None while queued ``[*]`` or never run ``[ ]``)."""
-    texts = notebook.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+    texts = notebook.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()  # also cells scrolled out of view
     return [int(m.group(1)) if (m := re.search(r"\[(\d+)\]", t)) else None for t in texts]
+
+
+def _error_outputs(notebook):
+    """Cells' error outputs: Lab renders an error as stderr text (its traceback, or the project's one line)."""
+    return notebook.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                            has_text=re.compile(r"Traceback|%tb shows the traceback"))
 
 
 def _run_all(page, notebook) -> None:
@@ -133,7 +140,7 @@ def _run_all(page, notebook) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
         counts = _execution_counts(notebook)
-        failed = notebook.locator("[data-mime-type='application/vnd.jupyter.error']").count() > 0
+        failed = _error_outputs(notebook).count() > 0
         if idle.count() and (failed or counts and all(c is not None and c > before for c in counts)):
             return
         time.sleep(1)
@@ -149,8 +156,42 @@ def test_notebook_runs_all_twice_in_the_browser_on_the_project_kernel(page, lab,
     expect(kernel).to_have_text(KERNEL_DISPLAY_NAME)  # the notebook's kernel, not "Python 3 (ipykernel)"
     for _ in range(2):  # a second Run All in the same kernel
         _run_all(page, notebook)
-    errors = notebook.locator("[data-mime-type='application/vnd.jupyter.error']")
-    assert errors.count() == 0, errors.all_inner_texts()
+    errors = _error_outputs(notebook)
+    assert errors.count() == 0, errors.all_text_contents()
     assert notebook.locator(".jp-OutputArea-output img").count() >= 1
     expect(kernel).to_have_text(KERNEL_DISPLAY_NAME)
     assert "without encryption" not in lab[1].read_text()  # Lab's kernels get CurveZMQ keys
+
+
+def test_methods_edited_in_lab_explore_and_the_next_make_study_reports_what_it_did(page, lab, quick_study):
+    """04 with other methods, typed into its parameters cell in Lab: its figures go to explore/, and
+    ``make study`` afterwards leaves REPORT.md, its tables and figures as they were."""
+    before = study_outputs(quick_study)
+    notebook = _open_from_file_browser(page, "04_interclass_distance.ipynb")
+    parameters = notebook.locator(".jp-CodeCell", has_text="methods: str").locator(".cm-content")
+    parameters.click()
+    page.keyboard.press("Control+End")
+    page.keyboard.insert_text('\nmethods = "baseline,idd"  # edited in Lab')
+    _run_all(page, notebook)
+    errors = _error_outputs(notebook)
+    assert errors.count() == 0, errors.all_text_contents()
+    explored = list(quick_study.glob("explore/04_interclass_distance-*/figures/distance_heatmaps.png"))
+    assert len(explored) == 1 and study_outputs(quick_study) == before
+    done = subprocess.run(["make", "study", "PROFILE=quick"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "IDD_RESULTS": str(quick_study.parent)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "04_interclass_distance: complete, skipped" in done.stdout
+    assert study_outputs(quick_study) == before
+
+
+def test_report_html_opens_alone_with_its_contents_figures_and_pdfs(page, quick_study, tmp_path):
+    """REPORT.html copied on its own (sent by mail): every figure decodes, every link is inside the page."""
+    alone = tmp_path / "REPORT.html"
+    shutil.copy(quick_study / "REPORT.html", alone)
+    page.goto(alone.as_uri())
+    assert page.locator("nav.contents a").count() >= 3 and page.locator("table").count() >= 2
+    images = page.locator("img")
+    assert images.count() >= 3
+    assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    links = page.evaluate("Array.from(document.querySelectorAll('a[href]'), a => a.getAttribute('href'))")
+    assert links and all(link.startswith(("#", "data:", "http")) for link in links), links

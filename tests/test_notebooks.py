@@ -12,6 +12,7 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from idd_lib import presets, study
+from study_outputs import study_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -86,14 +87,6 @@ def test_second_study_run_skips_complete_notebooks(quick_study, capsys):
     assert "01_teacher: complete, skipped" in out and "06_report: done" in out   # the report is always rebuilt
 
 
-def _study_outputs(folder: Path) -> dict[str, bytes]:
-    """REPORT.md without its time stamp, and every table and PNG figure the report shows."""
-    report = "\n".join(line for line in (folder / "REPORT.md").read_text().splitlines() if "Generated " not in line)
-    files = {str(p.relative_to(folder)): p.read_bytes() for sub in ("tables", "figures") for p in (folder / sub).glob("*")
-             if p.suffix != ".pdf"}   # a PDF stamps its creation time
-    return {"REPORT.md": report.encode(), **files}
-
-
 def _papermill(name: str, tmp_path: Path, *parameters: str) -> None:
     done = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{name}.ipynb"),
                            str(tmp_path / f"{name}.ipynb"), "-p", "profile", "quick", *parameters],
@@ -103,7 +96,7 @@ def _papermill(name: str, tmp_path: Path, *parameters: str) -> None:
 
 @pytest.mark.slow
 def test_exploring_and_runs_made_by_hand_never_change_what_the_study_reports(quick_study, tmp_path, capsys):
-    before = _study_outputs(quick_study)
+    before = study_outputs(quick_study)
     _papermill("04_interclass_distance", tmp_path, "-p", "methods", "baseline,idd")
     _papermill("05_tsne", tmp_path, "-p", "methods", "kd,idd+pid")
     _papermill("03_ablation", tmp_path, "-p", "methods", "baseline,idd", "-p", "seeds", "0")
@@ -113,14 +106,14 @@ def test_exploring_and_runs_made_by_hand_never_change_what_the_study_reports(qui
     assert (quick_study / "explore" / explored[1] / "figures" / "distance_heatmaps.png").is_file()
     capsys.readouterr()
     study.run_study("quick")
-    assert _study_outputs(quick_study) == before        # the seed-1 run and the explorations stay out
+    assert study_outputs(quick_study) == before        # the seed-1 run and the explorations stay out
     assert capsys.readouterr().out.count("complete, skipped") == len(study.STUDY_NOTEBOOKS) - 1   # all but 06
 
     figure = quick_study / "figures" / "miou.png"
     figure.write_bytes(before["tables/methods.csv"])      # a study figure overwritten by hand
     capsys.readouterr()
     study.run_study("quick")
-    assert "03_ablation: done" in capsys.readouterr().out and _study_outputs(quick_study) == before
+    assert "03_ablation: done" in capsys.readouterr().out and study_outputs(quick_study) == before
 
 
 @pytest.mark.slow

@@ -133,3 +133,14 @@ def test_a_notebook_whose_recorded_output_changed_or_is_gone_runs_again(notebook
     assert study.execute("throwaway", output, params, outputs=folder) is True
     study.manifest_path(output).unlink()
     assert study.execute("throwaway", output, params, outputs=folder) is True and executions(log) == 4
+
+
+def test_a_notebook_run_outside_the_checkout_finds_the_study_s_notebooks(tmp_path, monkeypatch):
+    # a kernel started beside a copied notebook: the study's defaults still come from the checkout
+    monkeypatch.chdir(tmp_path)
+    prof = study.study_profile("quick", "")
+    assert study.notebook_defaults("04_interclass_distance")["methods"] == ""
+    assert study.output_dir(prof, "04_interclass_distance", {"profile": "quick", "methods": ""}).name == "quick"
+    with pytest.raises(study.StudyError, match=r"notebook 99_nope: .*99_nope.ipynb does not exist; expected one of "
+                                               r"\['00_synthetic_data'"):
+        study.notebook_source("99_nope")
