@@ -67,6 +67,14 @@ class SlurmOptions:
     sbatch: str = ""             # extra sbatch flags, e.g. "--qos=high --account=lab"
     array_parallelism: int = 0   # > 0: the runs as one job array, at most this many at once
     max_requeues: int = 3        # requeues after a timeout or preemption (submitit's max_num_timeout)
+    signal_delay_s: int = 90     # Slurm warns a job (USR2) this long before its time limit: checkpoint, requeue
+
+    def __post_init__(self):
+        if self.time_min < 1:
+            raise ValueError(f"slurm.time_min: expected at least 1 minute, got {self.time_min}")
+        if not 0 < self.signal_delay_s < self.time_min * 60:
+            raise ValueError(f"slurm.signal_delay_s: expected 1 to {self.time_min * 60 - 1} s (below time_min "
+                             f"{self.time_min} min), got {self.signal_delay_s}")
 
 
 def slurm_options(text: str) -> SlurmOptions:
@@ -332,7 +340,8 @@ def sweep_job(profile: Profile, run: dict[str, Any], threads: int, nproc: int):
 def slurm_parameters(options: SlurmOptions, threads: int, nproc: int, name: str) -> dict[str, Any]:
     """submitit's ``update_parameters`` for one job of a run with ``nproc`` processes (torchrun on
     ``nproc`` GPUs inside the job when > 1)."""
-    parameters: dict[str, Any] = {"job_name": name, "time": options.time_min, "nodes": 1, "ntasks_per_node": 1,
+    parameters: dict[str, Any] = {"job_name": name, "time": options.time_min, "signal_delay_s": options.signal_delay_s,
+                                  "nodes": 1, "ntasks_per_node": 1,
                                   "cpus_per_task": options.cpus_per_task or threads * nproc}
     gpus = max(options.gpus, nproc if nproc > 1 else 0)
     parameters.update({"partition": options.partition} if options.partition else {})
@@ -616,9 +625,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     if args.worker:
         return worker_main(args.worker, args.outcome)
-    slurm = SlurmOptions(partition=args.partition, time_min=args.time, cpus_per_task=args.cpus_per_task,
-                         gpus=args.gpus, mem_gb=args.mem, sbatch=args.sbatch, array_parallelism=args.array_parallelism)
     try:
+        slurm = SlurmOptions(partition=args.partition, time_min=args.time, cpus_per_task=args.cpus_per_task,
+                             gpus=args.gpus, mem_gb=args.mem, sbatch=args.sbatch,
+                             array_parallelism=args.array_parallelism)
         profile = study_profile(args.profile, args.options)
         grid = study.ablation_grid(profile, args.methods, args.seeds, args.variants)
         with warnings.catch_warnings():

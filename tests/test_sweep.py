@@ -20,6 +20,8 @@ from idd_lib.rundir import CHECKPOINT, CLAIM, RESULT, read_claim, read_metrics, 
 
 # The quick profile with short schedules: seconds per run, a teacher included.
 SHORT = "train.iterations=4,teacher_train.iterations=4"
+# training steps of the quick profile in about 1.5 min on one thread: more than one job's share below
+TIME_LIMIT_ITERATIONS = 500
 
 
 def short_profile(extra: str = ""):
@@ -64,6 +66,17 @@ def test_bad_settings_are_one_line_errors_before_any_work(settings, message, tin
     assert not (tmp_path / "cache").exists() and not list(Path(os.environ["IDD_RESULTS"]).iterdir())
 
 
+@pytest.mark.parametrize("text, message", [
+    ("time_min=0", r"slurm.time_min: expected at least 1 minute, got 0"),
+    ("time_min=1,signal_delay_s=60", r"slurm.signal_delay_s: expected 1 to 59 s \(below time_min 1 min\), got 60"),
+    ("signal_delay_s=0", r"slurm.signal_delay_s: expected 1 to 3599 s"),
+])
+def test_a_time_limit_the_warning_signal_cannot_precede_is_refused(text, message):
+    with pytest.raises(ValueError, match=message) as err:
+        sweep.slurm_options(text)
+    one_line(err)
+
+
 def test_slurm_without_sbatch_says_what_to_check(tiny_profile, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no Slurm client on PATH
     grid = [{"method": "baseline", "seed": 0, "weights": "", "options": "", "tag": ""}]
@@ -78,6 +91,8 @@ def test_command_line_errors_are_one_line(capsys):
     assert capsys.readouterr().err == "error: executor: unknown executor 'mpi'; expected one of inline, local, slurm\n"
     assert sweep.main(["--profile", "quick", "--methods", "nope"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+    assert sweep.main(["--profile", "quick", "--executor", "slurm", "--time", "0"]) == 1
+    assert capsys.readouterr().err == "error: slurm.time_min: expected at least 1 minute, got 0\n"
 
 
 # ---------------------------------------------------------------- fast: claims
@@ -142,7 +157,7 @@ def test_a_claim_of_a_slurm_job_is_live_while_squeue_lists_it(tmp_path, monkeypa
 def test_a_gpu_run_is_one_job_with_its_gpus_and_torchrun_inside(tmp_path):
     options = sweep.SlurmOptions(partition="gpu", time_min=240, mem_gb=64, sbatch="--qos=high --exclusive")
     parameters = sweep.slurm_parameters(options, threads=4, nproc=8, name="idd-s0")
-    assert parameters == {"job_name": "idd-s0", "time": 240, "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 32,
+    assert parameters == {"job_name": "idd-s0", "time": 240, "signal_delay_s": 90, "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 32,
                           "partition": "gpu", "gpus_per_node": 8, "mem": "65536M",
                           "additional_parameters": {"qos": "high", "exclusive": True}}
     assert "gpus_per_node" not in sweep.slurm_parameters(sweep.SlurmOptions(), 2, 1, "cpu")
@@ -328,6 +343,42 @@ def test_a_cancelled_job_resumes_to_the_uninterrupted_numbers(slurm_cluster, tmp
     assert list(tables[0]["state"]) == ["failed"] and "ended without a result" in tables[0]["error"][0]
     resumed, table = sweep_numbers(profile, grid, tmp_path / "cancelled", monkeypatch, executor="slurm", threads=1)
     assert list(table["state"]) == ["resumed"] and resumed == reference
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_job_at_its_time_limit_is_requeued_and_ends_with_the_uninterrupted_numbers(slurm_cluster, tmp_path,
+                                                                                     monkeypatch):
+    # a run of about 1.5 min of training in jobs of 2 min: Slurm sends USR2 30 s before a job's limit,
+    # up to 30 s earlier still (its time-limit check runs every 30 s), so 60 to 90 s into each job; the
+    # run checkpoints at that step, submitit requeues the job, the next one resumes and finishes
+    profile = short_profile(f"train.iterations={TIME_LIMIT_ITERATIONS},train.checkpoint_every=100")
+    grid = study.ablation_grid(profile, "kd", "0")
+    reference, _ = sweep_numbers(profile, grid, tmp_path / "reference", monkeypatch, executor="local", threads=1)
+    options = sweep.SlurmOptions(time_min=2, signal_delay_s=30, max_requeues=6)
+    monkeypatch.setenv("IDD_RESULTS", str(tmp_path / "limited"))
+    tables: list = []
+    thread = _sweep_in_thread(profile, grid, tables, executor="slurm", threads=1, slurm=options)
+    start_requeued_jobs_now(thread)
+    table, folder = tables[0], sweep.run_folder(profile, grid[0])
+    log = "".join(p.read_text() for p in (folder / "slurm").glob("*_log.err"))
+    assert "this job is timed-out" in log and "stopped by SIGUSR2 after step" in log, log[-3000:]
+    assert list(table["state"]) == ["resumed"] and {table["run"][0]: numbers(folder)} == reference
+    assert json.loads((folder / "provenance.json").read_text())["resumed"]
+
+
+def start_requeued_jobs_now(sweep_thread: threading.Thread) -> int:
+    """Until the sweep ends: a requeued job Slurm holds back for about 2 min (reason BeginTime) is
+    let start at once, which only saves the test that wait; returns how many were."""
+    started = set()
+    while sweep_thread.is_alive():
+        pending = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True)
+        for job, reason in (line.split(maxsplit=1) for line in pending.stdout.splitlines() if " " in line):
+            if reason.strip() == "BeginTime" and job not in started:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+                started.add(job)
+        sweep_thread.join(timeout=2)
+    return len(started)
 
 
 @pytest.mark.slow
