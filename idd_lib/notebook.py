@@ -145,11 +145,15 @@ def show(fig, stem: str | Path) -> None:
 
 
 def show_table(table, keys: str | Sequence[str], max_columns: int = 8, digits: int = 3) -> None:
-    """Display ``table`` rounded, without all-empty columns (statistics of a single seed), split
-    into parts of at most ``max_columns`` columns beside the ``keys`` columns (the index)."""
+    """Display ``table`` rounded and as the report prints it (:func:`idd_lib.names.printed`: readers'
+    names, no all-empty columns, blank where a statistic is missing), split into parts of at most
+    ``max_columns`` columns beside the ``keys`` columns (the index)."""
     from IPython.display import display
 
-    table = table.dropna(axis=1, how="all").round(digits).set_index(keys)
+    from .names import blank_missing, column_label, printed
+
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    table = blank_missing(printed(table.round(digits))).set_index([column_label(k) for k in keys])
     parts = max(1, -(-len(table.columns) // max_columns))
     width = -(-len(table.columns) // parts)  # parts of even width: 9 columns as 5 + 4, not 8 + 1
     for start in range(0, len(table.columns), width):

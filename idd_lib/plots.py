@@ -112,10 +112,10 @@ def probe_bars(table, maps: Sequence[str] = ("x", "y", "gaussian", "mean")):
         ax.bar(x + (i - (len(maps) - 1) / 2) * width, table[name], width, yerr=_spread(table, name), capsize=2, label=name)
     ax.set_xticks(x, [method_label(n) for n in networks], rotation=20, ha="right")
     ax.set_ylabel("held-out R²")
-    ax.set_title("Position probe on frozen features: R² of the position maps", fontsize=10, pad=28)
+    ax.set_title("Position probe on frozen features: R² of the position maps", fontsize=10)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_ylim(min(0.0, float(np.nanmin(table[list(maps)].to_numpy())) - 0.05), 1.0)
-    ax.legend(title="position map", fontsize=8, ncol=len(maps), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.legend(title="position map", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # clear of the bars
     fig.tight_layout()
     return fig
 
@@ -132,7 +132,7 @@ def sweep_panels(table, x: str = "prior", metrics: Sequence[tuple[str, str]] = (
             ax.errorbar(rows[x], rows[key], yerr=_spread(rows, key), marker="o", capsize=3,
                         label=method_label(network),
                         ls="--" if network == "teacher" else "-", color="black" if network == "teacher" else None)
-        ax.set_xlabel("position_prior" if x == "prior" else x)
+        ax.set_xlabel("position prior (synthetic.position_prior)" if x == "prior" else x)
         ax.set_xticks(sorted(table[x].unique()))
         ax.set_ylabel(label)
         ax.set_title(f"{label} against the position prior" if x == "prior" else f"{label} against {x}", fontsize=10)

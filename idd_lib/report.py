@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .names import blank_missing, printed
+
 
 def results_frame(rows: Sequence[dict]) -> pd.DataFrame:
     """One row per run with its ``label``: the method and its tag; a label that two different
@@ -156,39 +158,6 @@ def highlight_changes(table: pd.DataFrame, baseline: str = "baseline", top: int 
     return text
 
 
-COLUMN_LABELS = {"seeds": "seeds", "ci95": "95% CI ±", "delta_vs_baseline": "Δ vs baseline",
-                 "p_vs_baseline": "p vs baseline", "best_other": "best other", "delta_vs_best_other": "Δ vs best other",
-                 "p_vs_best_other": "p vs best other", "p_holm": "p (Holm)", "ci_low": "CI low", "ci_high": "CI high",
-                 "gap_closed": "gap closed", "alpha_step": "Holm step α", "mdd": "MDD", "seeds_needed": "seeds needed",
-                 "p_tost": "TOST p", "p_tost_holm": "TOST p (Holm)", "sesoi": "SESOI"}
-METHOD_COLUMNS = ("method", "network", "reference", "best other")
-_MEAN_TEXT = r"^-?\d+(\.\d+)?( ± \d+(\.\d+)?)?$"   # a "mean ± std" column (summarize's label column)
-
-
-def printed(frame: pd.DataFrame, index: bool = False) -> pd.DataFrame:
-    """A table as a paper prints it (Markdown and LaTeX; the CSV keeps the data's names): columns of
-    a single seed's missing statistics dropped, mean and std dropped beside their "mean ± std" column,
-    readable column and method names, rows in the paper's method order."""
-    from .names import method_label, method_rank
-
-    shown = frame.dropna(axis=1, how="all")
-    words = [c for c in shown.columns if not pd.api.types.is_numeric_dtype(shown[c])]
-    text = [c for c in words if shown[c].astype(str).str.match(_MEAN_TEXT).all()]
-    if text and {"mean", "std"} & set(shown.columns):
-        shown = shown.drop(columns=[c for c in ("mean", "std") if c in shown])
-    shown = shown.rename(columns=lambda c: COLUMN_LABELS.get(c, c.replace("_", " ") if isinstance(c, str) else c))
-    for column in METHOD_COLUMNS:
-        if column in shown and not pd.api.types.is_numeric_dtype(shown[column]):
-            shown[column] = shown[column].map(lambda v: method_label(v) if isinstance(v, str) else v)
-    if index and shown.index.name in METHOD_COLUMNS:
-        shown.index = [method_label(v) if isinstance(v, str) else v for v in shown.index]
-        shown.index.name = frame.index.name
-    key = "method" if "method" in frame else "network" if "network" in frame else None
-    if key and "family" not in frame:
-        shown = shown.iloc[np.argsort([method_rank(str(v)) for v in frame[key]], kind="stable")]
-    return shown
-
-
 def write_table(frame: pd.DataFrame, stem: str | Path, index: bool = False) -> str:
     """CSV (the data as is), Markdown and LaTeX (booktabs; :func:`printed`) next to each other;
     returns the Markdown."""
@@ -198,7 +167,7 @@ def write_table(frame: pd.DataFrame, stem: str | Path, index: bool = False) -> s
     stem.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(stem.with_suffix(".csv"), index=index)
     shown = printed(frame, index)
-    markdown = shown.to_markdown(index=index, floatfmt=".2f")
+    markdown = blank_missing(shown).to_markdown(index=index, floatfmt=".2f")
     stem.with_suffix(".md").write_text(markdown + "\n")
     stem.with_suffix(".tex").write_text(latex_table(shown, index))
     return markdown
@@ -286,10 +255,10 @@ def _students_section(folder: Path) -> list[str]:
     return [
         "## Students: validation mIoU (%)",
         "",
-        "mean ± std over seeds; `ci95` = half-width of the 95% t-interval; paired t-tests on the same seeds "
-        "against the baseline (`delta_vs_baseline`, `p_vs_baseline`) and against the best other method by "
-        "mean mIoU (`best_other`, `delta_vs_best_other`, `p_vs_best_other`; for the best method, the "
-        "runner-up). These p-values are uncorrected; the Holm-corrected ones, the confidence intervals of the "
+        "mean ± std over seeds; 95% CI ± = half-width of the 95% t-interval; paired t-tests on the same seeds "
+        "against the baseline (Δ and p vs baseline) and against the best other method by mean mIoU (best "
+        "other, Δ and p vs best other; for the best method, the runner-up); statistics a single seed cannot "
+        "give are left out. These p-values are uncorrected; the Holm-corrected ones, the confidence intervals of the "
         "differences and the smallest detectable difference are under Comparisons.",
         "",
         _md_table(folder / "tables" / "methods.md"),
@@ -429,8 +398,7 @@ def _comparison_markdown(table: pd.DataFrame) -> str:
                            "alpha_step", "mdd", "seeds_needed", "gap_closed") if c in table]
     if not len(table):
         return "_no comparisons yet_"
-    shown = table[columns].astype(object).where(table[columns].notna(), "")   # blank, not nan, below 2 seeds
-    return shown.to_markdown(index=False, floatfmt=".3g")
+    return blank_missing(printed(table[columns])).to_markdown(index=False, floatfmt=".3g")
 
 
 def _verdict_section(folder: Path, runs: pd.DataFrame, confirmation: pd.DataFrame | None) -> list[str]:
@@ -472,11 +440,11 @@ def _comparisons_section(folder: Path, runs: pd.DataFrame, teacher_miou: float) 
         "## Comparisons: paired differences, Holm-corrected",
         "",
         "Val mIoU, default settings (the study's runs and, for methods it does not run, the tuning's default-setting "
-        "runs). Family `vs baseline`: every method against the baseline (`gap_closed`: share "
+        "runs). Family `vs baseline`: every method against the baseline (gap closed: share "
         "of the teacher-baseline gap its mean closes); family `idd vs others`: IDD against every other method. "
-        "`p_holm`: Holm's correction within a family; `alpha_step`: the alpha Holm's step-down procedure tests "
-        "the row at; `mdd`: the smallest paired difference a two-sided test at that alpha detects with power 0.8 "
-        "at this n and spread; `seeds_needed`: for rows Holm does not reject, the seeds that test would need to "
+        "p (Holm): Holm's correction within a family; Holm step α: the alpha Holm's step-down procedure tests "
+        "the row at; MDD: the smallest paired difference a two-sided test at that alpha detects with power 0.8 "
+        "at this n and spread; seeds needed: for rows Holm does not reject, the seeds that test would need to "
         f"find {MIOU_SESOI:g} mIoU.",
         "",
         _comparison_markdown(table),

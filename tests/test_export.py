@@ -44,10 +44,14 @@ def test_printed_tables_use_readers_names_the_papers_order_and_no_empty_statisti
 
     frame = pd.DataFrame({"method": ["idd+pid", "baseline", "kd"], "seeds": [1, 1, 1], "mean": [66.0, 59.0, 64.0],
                           "std": [float("nan")] * 3, "ci95": [float("nan")] * 3, "mIoU": ["66.00", "59.00", "64.00"],
-                          "delta_vs_baseline": [7.0, float("nan"), 5.0]})
+                          "delta_vs_baseline": [7.0, float("nan"), 5.0], "r2_mean": [0.9, 0.8, 0.85],
+                          "pearson_best_other": ["kd", "idd+pid", "idd+pid"]})
     markdown = report.write_table(frame, tmp_path / "methods")
     header = markdown.splitlines()[0]
-    assert [c.strip() for c in header.strip("|").split("|")] == ["method", "seeds", "mIoU", "Δ vs baseline"]
-    assert [line.split("|")[1].strip() for line in markdown.splitlines()[2:]] == ["Baseline", "KD", "IDD+PID"]
+    assert [c.strip() for c in header.strip("|").split("|")] == ["method", "seeds", "mIoU", "Δ vs baseline",
+                                                                 "R² mean", "pearson best other"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["Baseline", "KD", "IDD+PID"] and "nan" not in markdown
+    assert rows[0][3] == "" and [row[5] for row in rows] == ["IDD+PID", "IDD+PID", "KD"]
     assert "ci95" not in (tmp_path / "methods.tex").read_text() and "IDD+PID" in (tmp_path / "methods.tex").read_text()
     assert pd.read_csv(tmp_path / "methods.csv").columns.tolist() == frame.columns.tolist()   # the data keeps its names

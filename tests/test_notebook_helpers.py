@@ -105,10 +105,14 @@ def test_show_table_hides_empty_statistics_and_splits_wide_tables_evenly(monkeyp
 
     shown = []
     monkeypatch.setattr("IPython.display.display", shown.append)
-    columns = {f"c{i}": [1.23456, 2.0] for i in range(9)}
-    nb.show_table(pd.DataFrame({"method": ["a", "b"], **columns, "c0 std": [np.nan, np.nan]}), "method")
-    assert [list(part.columns) for part in shown] == [[f"c{i}" for i in range(5)], [f"c{i}" for i in range(5, 9)]]
-    assert list(shown[0].index) == ["a", "b"] and shown[0].loc["a", "c0"] == 1.235
+    columns = {f"c{i}": [1.23456, 2.0] for i in range(8)}
+    frame = pd.DataFrame({"method": ["kd", "baseline"], **columns, "delta_vs_baseline": [1.5, np.nan],
+                          "c0 std": [np.nan, np.nan]})
+    nb.show_table(frame, "method")
+    assert [list(part.columns) for part in shown] == [[f"c{i}" for i in range(5)], [*(f"c{i}" for i in range(5, 8)),
+                                                                                    "Δ vs baseline"]]
+    assert list(shown[0].index) == ["Baseline", "KD"] and shown[0].loc["KD", "c0"] == 1.235   # the paper's order
+    assert shown[1].loc["Baseline", "Δ vs baseline"] == ""          # blank, not NaN
 
 
 def test_show_displays_the_saved_figure_once_and_returns_nothing(monkeypatch, tmp_path):
