@@ -59,14 +59,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Each phase's report on the test item (``item.rep_call``), for fixtures that keep artefacts on failure."""
-    outcome = yield
-    report = outcome.get_result()
-    setattr(item, f"rep_{report.when}", report)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def project_kernel():
     """The notebooks name the project's kernel: `make test` installs it, a bare pytest run too."""

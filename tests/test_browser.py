@@ -127,6 +127,11 @@ def _error_outputs(notebook):
                             has_text=re.compile(r"Traceback|%tb shows the traceback"))
 
 
+def _assert_no_errors(notebook) -> None:
+    errors = _error_outputs(notebook)
+    assert errors.count() == 0, errors.all_text_contents()
+
+
 def _run_all(page, notebook) -> None:
     """Run > Run All Cells; returns when every cell ran again (or one failed) and the kernel is idle."""
     from playwright.sync_api import expect
@@ -156,8 +161,7 @@ def test_notebook_runs_all_twice_in_the_browser_on_the_project_kernel(page, lab,
     expect(kernel).to_have_text(KERNEL_DISPLAY_NAME)  # the notebook's kernel, not "Python 3 (ipykernel)"
     for _ in range(2):  # a second Run All in the same kernel
         _run_all(page, notebook)
-    errors = _error_outputs(notebook)
-    assert errors.count() == 0, errors.all_text_contents()
+    _assert_no_errors(notebook)
     assert notebook.locator(".jp-OutputArea-output img").count() >= 1
     expect(kernel).to_have_text(KERNEL_DISPLAY_NAME)
     assert "without encryption" not in lab[1].read_text()  # Lab's kernels get CurveZMQ keys
@@ -173,8 +177,7 @@ def test_methods_edited_in_lab_explore_and_the_next_make_study_reports_what_it_d
     page.keyboard.press("Control+End")
     page.keyboard.insert_text('\nmethods = "baseline,idd"  # edited in Lab')
     _run_all(page, notebook)
-    errors = _error_outputs(notebook)
-    assert errors.count() == 0, errors.all_text_contents()
+    _assert_no_errors(notebook)
     explored = list(quick_study.glob("explore/04_interclass_distance-*/figures/distance_heatmaps.png"))
     assert len(explored) == 1 and study_outputs(quick_study) == before
     # the grids' settings the quick study ran with (inline), so its notebooks stay complete for the tests after
