@@ -102,3 +102,8 @@ def printed(frame: pd.DataFrame, index: bool = False) -> pd.DataFrame:
 def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
     """Missing statistics (the baseline's difference to itself, a test at one seed) as blank cells, not nan."""
     return frame.astype(object).where(frame.notna(), "")
+
+
+def p_text(p: float) -> str:
+    """A p-value as a paper prints it: three decimals, '<0.001' below (never 'p = 0.000')."""
+    return "<0.001" if p < 0.0005 else f"{p:.3f}"

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .names import blank_missing, printed
+from .names import blank_missing, p_text, printed
 
 
 def results_frame(rows: Sequence[dict]) -> pd.DataFrame:
@@ -477,7 +477,7 @@ def tuned_method_table(confirmation: pd.DataFrame, runs: pd.DataFrame, teacher_m
             values = group[group["setting"] == setting]["miou"]
             row[f"{setting} mIoU"] = f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n {len(values)})"
             stat = columns[setting].loc[method] if method in columns[setting].index else None
-            row[f"{setting} Δ vs baseline (p Holm)"] = "" if stat is None else f"{stat['effect']:+.2f} ({stat['p_holm']:.3f})"
+            row[f"{setting} Δ vs baseline (p Holm)"] = "" if stat is None else f"{stat['effect']:+.2f} ({p_text(stat['p_holm'])})"
             row[f"{setting} gap closed"] = "" if stat is None else f"{stat.get('gap_closed', float('nan')):.0%}"
         rows.append(row)
     return pd.DataFrame(rows)

@@ -43,6 +43,7 @@ from scipy import stats
 
 from .config import Profile
 from .paths import profile_dir, reference_dir
+from .names import p_text
 from .presets import get_profile
 from .report import current_results, results_frame, summarize
 from .study import ablation_grid
@@ -357,12 +358,12 @@ def compare_conclusions(ref: pd.DataFrame, yours: pd.DataFrame) -> pd.DataFrame:
     for row in ref[ref["reading"] != "missing"].to_dict("records"):
         key = (row["claim"], row["setting"])
         out = {"claim": row["claim"], "setting": row["setting"], "evidence": row["evidence"],
-               "reference": f"{row['effect']:+.3g} {row['reading']}"}
+               "reference": f"{row['effect']:+#.3g} {row['reading']}"}
         other = mine.loc[key] if key in mine.index else None
         if other is None or other["reading"] == "missing":
             rows.append({**out, "yours": "missing", "check": "FAILS"})
             continue
-        rows.append({**out, "yours": f"{other['effect']:+.3g} {other['reading']}", **_claim_check(row, other)})
+        rows.append({**out, "yours": f"{other['effect']:+#.3g} {other['reading']}", **_claim_check(row, other)})
     return pd.DataFrame(rows, columns=["claim", "setting", "evidence", "reference", "yours", "difference",
                                        "90% CI half-width", "margin", "check"])
 
@@ -387,7 +388,7 @@ def signs(ref: pd.DataFrame, yours: pd.DataFrame, baseline: str = "baseline") ->
 
 
 def _delta(delta: float, p: float) -> str:
-    return f"{delta:+.2f} (p {p:.3f})" if not math.isnan(p) else f"{delta:+.2f}"
+    return f"{delta:+.2f} (p {p_text(p)})" if not math.isnan(p) else f"{delta:+.2f}"
 
 
 @dataclasses.dataclass

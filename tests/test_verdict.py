@@ -120,3 +120,12 @@ def test_tuned_rows_use_the_confirmation_and_the_default_baseline():
     assert table.loc[("tuned", "b vs baseline"), "reading"] == "supported"    # paired with the default baseline runs
     assert table.loc[("tuned", "c"), "evidence"].startswith("missing")
     assert "−" in verdict.verdict_markdown(table.reset_index())
+
+
+def test_the_printed_verdict_never_shows_a_p_of_zero_and_keeps_trailing_zeros():
+    table = verdict.verdict_table(_runs(MIOU, PEARSON), probe=_probe(0.06), sweep=_sweep(2.0, 0.0), tuned=None)
+    table.loc[table["claim"] == "a", ["p_holm", "ci_high"]] = [2e-5, 3.0]
+    printed = verdict.verdict_markdown(table)
+    row_a = next(line for line in printed.splitlines() if line.startswith("| a ") and "default" in line)
+    assert "<0.001" in row_a and ", 3.00]" in row_a
+    assert "| 0.000 " not in printed
