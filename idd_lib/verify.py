@@ -42,8 +42,8 @@ import pandas as pd
 from scipy import stats
 
 from .config import Profile
-from .paths import profile_dir, reference_dir
 from .names import p_text
+from .paths import profile_dir, reference_dir
 from .presets import get_profile
 from .report import current_results, results_frame, summarize
 from .study import ablation_grid
