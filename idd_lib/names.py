@@ -104,6 +104,6 @@ def blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), "")
 
 
-def p_text(p: float) -> str:
-    """A p-value as a paper prints it: three decimals, '<0.001' below (never 'p = 0.000')."""
-    return "<0.001" if p < 0.0005 else f"{p:.3f}"
+def p_text(p: float | None) -> str:
+    """A p-value as a paper prints it: three decimals, '<0.001' below (never 'p = 0.000'); blank if missing."""
+    return "" if pd.isna(p) else "<0.001" if p < 0.0005 else f"{p:.3f}"

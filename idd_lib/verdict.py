@@ -201,17 +201,14 @@ def verdict_markdown(table: pd.DataFrame) -> str:
     p-values to 3 decimals ('<0.001' below), the Holm step's alpha to 4."""
     def fmt(value, spec):
         return "" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, spec)
-
-    def p_cell(value):
-        return "" if pd.isna(value) else p_text(value)
     needed = ["" if pd.isna(v) else (f"> {MAX_SEEDS}" if math.isinf(v) else f"{v:.0f}") for v in table["seeds_needed"]]
     shown = pd.DataFrame({
         "claim": table["claim"], "origin": table["origin"], "setting": table["setting"],
         "evidence": table["evidence"], "n": [fmt(v, ".0f") for v in table["n"]],
         "effect": [fmt(v, "+#.3g") for v in table["effect"]],
         "95% CI": ["" if pd.isna(lo) else f"[{lo:#.3g}, {hi:#.3g}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
-        "SESOI": [fmt(v, ".3g") for v in table["sesoi"]], "p (Holm)": [p_cell(v) for v in table["p_holm"]],
-        "TOST p (Holm)": [p_cell(v) for v in table["p_tost_holm"]],
+        "SESOI": [fmt(v, ".3g") for v in table["sesoi"]], "p (Holm)": [p_text(v) for v in table["p_holm"]],
+        "TOST p (Holm)": [p_text(v) for v in table["p_tost_holm"]],
         "Holm step α": [fmt(v, ".4f") for v in table["alpha_step"]], "MDD at that α": [fmt(v, "#.3g") for v in table["mdd"]],
         "seeds needed": needed, "reading": table["reading"]})
     return shown.to_markdown(index=False, disable_numparse=True)  # keep the formatting above
