@@ -4,6 +4,7 @@ to the uninterrupted numbers, two concurrent sweeps train every run once, a fail
 The tests marked ``slurm`` submit to a real Slurm cluster (.ci/slurm-local start; CI starts one)."""
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,8 @@ from idd_lib.rundir import CHECKPOINT, CLAIM, RESULT, read_claim, read_metrics, 
 
 # The quick profile with short schedules: seconds per run, a teacher included.
 SHORT = "train.iterations=4,teacher_train.iterations=4"
-# training steps of the quick profile in about 1.5 min on one thread: more than one job's share below
-TIME_LIMIT_ITERATIONS = 500
+# training the time-limit test's run takes on this machine: more than its first 2-min job lets it train
+TIME_LIMIT_TRAINING_S = 130
 
 
 def short_profile(extra: str = ""):
@@ -351,10 +353,11 @@ def test_a_cancelled_job_resumes_to_the_uninterrupted_numbers(slurm_cluster, tmp
 @pytest.mark.slurm
 def test_a_job_at_its_time_limit_is_requeued_and_ends_with_the_uninterrupted_numbers(slurm_cluster, tmp_path,
                                                                                      monkeypatch):
-    # a run of about 1.5 min of training in jobs of 2 min: Slurm sends USR2 30 s before a job's limit,
-    # up to 30 s earlier still (its time-limit check runs every 30 s), so 60 to 90 s into each job; the
-    # run checkpoints at that step, submitit requeues the job, the next one resumes and finishes
-    profile = short_profile(f"train.iterations={TIME_LIMIT_ITERATIONS},train.checkpoint_every=100")
+    # jobs of 2 min: Slurm sends USR2 30 s before a job's limit, up to 30 s earlier still (its time-limit
+    # check runs every 30 s), so 60 to 90 s into each job; the run, sized to outlast that on this machine,
+    # checkpoints at that step, submitit requeues the job, the next one resumes and finishes
+    iterations = iterations_lasting(TIME_LIMIT_TRAINING_S, tmp_path / "calibration", monkeypatch)
+    profile = short_profile(f"train.iterations={iterations},train.checkpoint_every=100")
     grid = study.ablation_grid(profile, "kd", "0")
     reference, _ = sweep_numbers(profile, grid, tmp_path / "reference", monkeypatch, executor="local", threads=1)
     options = sweep.SlurmOptions(time_min=2, signal_delay_s=30, max_requeues=6)
@@ -364,9 +367,21 @@ def test_a_job_at_its_time_limit_is_requeued_and_ends_with_the_uninterrupted_num
     start_requeued_jobs_now(thread)
     table, folder = tables[0], sweep.run_folder(profile, grid[0])
     log = "".join(p.read_text() for p in (folder / "slurm").glob("*_log.err"))
-    assert "this job is timed-out" in log and "stopped by SIGUSR2 after step" in log, log[-3000:]
+    assert "this job is timed-out" in log and "stopped by SIGUSR2 after step" in log, (iterations, log[-3000:])
     assert list(table["state"]) == ["resumed"] and {table["run"][0]: numbers(folder)} == reference
     assert json.loads((folder / "provenance.json").read_text())["resumed"]
+
+
+def iterations_lasting(seconds: float, results: Path, monkeypatch, probe: int = 100) -> int:
+    """Training steps (a multiple of 100) of the time-limit test's kd run that last about ``seconds`` on
+    this machine, timed on a ``probe``-step run: a fixed count outlasted one job on one day's machine and
+    finished inside it on a faster one, so the signal never came."""
+    profile = short_profile(f"train.iterations={probe}")
+    grid = study.ablation_grid(profile, "kd", "0")
+    _, table = sweep_numbers(profile, grid, results, monkeypatch, executor="local", threads=1)
+    provenance = json.loads((results / "quick" / "runs" / table["run"][0] / "provenance.json").read_text())
+    wall = datetime.fromisoformat(provenance["finished"]) - datetime.fromisoformat(provenance["started"])
+    return 100 * max(5, math.ceil(seconds * probe / wall.total_seconds() / 100))
 
 
 def start_requeued_jobs_now(sweep_thread: threading.Thread) -> int:
