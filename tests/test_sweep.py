@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from idd_lib import presets, runs, study, sweep
-from idd_lib.rundir import CHECKPOINT, CLAIM, RESULT, read_claim, read_metrics, try_claim
+from idd_lib.rundir import CHECKPOINT, CLAIM, RESULT, read_claim, read_metrics, read_provenance, try_claim
 
 # The quick profile with short schedules: seconds per run, a teacher included.
 SHORT = "train.iterations=4,teacher_train.iterations=4"
@@ -378,8 +378,8 @@ def iterations_lasting(seconds: float, results: Path, monkeypatch, probe: int = 
     finished inside it on a faster one, so the signal never came."""
     profile = short_profile(f"train.iterations={probe}")
     grid = study.ablation_grid(profile, "kd", "0")
-    _, table = sweep_numbers(profile, grid, results, monkeypatch, executor="local", threads=1)
-    provenance = json.loads((results / "quick" / "runs" / table["run"][0] / "provenance.json").read_text())
+    sweep_numbers(profile, grid, results, monkeypatch, executor="local", threads=1)
+    provenance = read_provenance(sweep.run_folder(profile, grid[0]))
     wall = datetime.fromisoformat(provenance["finished"]) - datetime.fromisoformat(provenance["started"])
     return 100 * max(5, math.ceil(seconds * probe / wall.total_seconds() / 100))
 
